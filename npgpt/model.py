@@ -1,0 +1,273 @@
+"""GPT-2's forward pass in NumPy, with a key/value cache for generation.
+
+    ids [B, T] -> wte[ids] + wpe[positions]                       x [B, T, C]
+    n_layer x:  x = x + attn(layer_norm(x))                       causal multi-head self-attention
+                x = x + mlp(layer_norm(x))                        gelu(x @ W_fc + b) @ W_proj + b
+    layer_norm(x) @ wte.T                                         logits [B, T, V] (the head is tied to wte)
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import ops
+from .config import GPT2Config
+from .errors import ContextLengthError, NpgptError
+from .generation import generate, stream_steps, stream_text
+from .tokenizer import Tokenizer
+from .weights import expected_shapes, find_checkpoint, load_weights, save_weights
+
+
+@dataclass
+class LayerNorm:
+    weight: np.ndarray  # [C]
+    bias: np.ndarray  # [C]
+
+
+@dataclass
+class Linear:
+    weight: np.ndarray  # [in, out] (Conv1D layout: y = x @ weight + bias)
+    bias: np.ndarray  # [out]
+
+
+@dataclass
+class Block:
+    ln_1: LayerNorm
+    c_attn: Linear  # [C, 3C]: query | key | value side by side
+    attn_proj: Linear  # [C, C]
+    ln_2: LayerNorm
+    c_fc: Linear  # [C, 4C]
+    mlp_proj: Linear  # [4C, C]
+
+
+@dataclass
+class Output:
+    logits: np.ndarray  # [B, T, V] float32 (T = 1 when only the last position was asked for)
+    hidden_states: list[np.ndarray] | None = None  # n_layer + 1 of [B, T, C]
+    attentions: list[np.ndarray] | None = None  # n_layer of [B, H, T, S]
+
+
+class KVCache:
+    """Keys and values of every position seen so far, preallocated for `capacity` positions.
+
+    keys, values: [L, B, H, capacity, D]. A forward pass over T new positions writes them at
+    [length, length + T) in each layer, attends over [0, length + T), then advances `length` by T.
+    """
+
+    def __init__(self, config: GPT2Config, batch_size: int, capacity: int | None = None):
+        capacity = config.n_positions if capacity is None else min(capacity, config.n_positions)
+        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_size)
+        self.keys = np.zeros(shape, dtype=np.float32)  # zeroed lazily by the OS: memory is used as it fills
+        self.values = np.zeros(shape, dtype=np.float32)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[3]
+
+    @property
+    def batch_size(self) -> int:
+        return self.keys.shape[1]
+
+    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store k, v [B, H, T, D] after the past ones; return all keys and values so far, [B, H, S, D]."""
+        end = self.length + k.shape[2]
+        self.keys[layer, :, :, self.length:end] = k
+        self.values[layer, :, :, self.length:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def select(self, rows) -> None:
+        """Keep (and reorder or repeat) batch rows: rows [B'] indexes the current batch."""
+        self.keys = self.keys[:, rows]
+        self.values = self.values[:, rows]
+
+
+class GPT2:
+    """A GPT-2 language model: weights, configuration and tokenizer.
+
+    model(ids) gives logits; model.generate(prompt) continues a prompt.
+    """
+
+    def __init__(self, config: GPT2Config, state: dict[str, np.ndarray], tokenizer: Tokenizer | None = None,
+                 name: str | None = None):
+        self.config = config
+        self.tokenizer = tokenizer or Tokenizer.gpt2()
+        self.name = name
+        self.state = state  # official names -> arrays, as in the checkpoint
+        c = config
+        self.wte = state["wte.weight"]  # [V, C]
+        self.wpe = state["wpe.weight"]  # [n_positions, C]
+        self.blocks = [
+            Block(
+                ln_1=LayerNorm(state[f"h.{i}.ln_1.weight"], state[f"h.{i}.ln_1.bias"]),
+                c_attn=Linear(state[f"h.{i}.attn.c_attn.weight"], state[f"h.{i}.attn.c_attn.bias"]),
+                attn_proj=Linear(state[f"h.{i}.attn.c_proj.weight"], state[f"h.{i}.attn.c_proj.bias"]),
+                ln_2=LayerNorm(state[f"h.{i}.ln_2.weight"], state[f"h.{i}.ln_2.bias"]),
+                c_fc=Linear(state[f"h.{i}.mlp.c_fc.weight"], state[f"h.{i}.mlp.c_fc.bias"]),
+                mlp_proj=Linear(state[f"h.{i}.mlp.c_proj.weight"], state[f"h.{i}.mlp.c_proj.bias"]),
+            )
+            for i in range(c.n_layer)
+        ]
+        self.ln_f = LayerNorm(state["ln_f.weight"], state["ln_f.bias"])
+        self.lm_head = state.get("lm_head.weight", self.wte)  # [V, C]; GPT-2 ties it to wte
+
+    # ----------------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def from_dir(cls, model_dir: str | os.PathLike, weights: str | None = None, name: str | None = None) -> "GPT2":
+        """Load `config.json` and `model.safetensors` (official layout) from a directory.
+
+        weights: a safetensors file to use instead of the directory's model.safetensors.
+        """
+        model_dir = os.fspath(model_dir)
+        if not os.path.isdir(model_dir):
+            raise NpgptError(f"{model_dir}: no such model directory")
+        config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))
+        state = load_weights(weights or find_checkpoint(model_dir), config)
+        return cls(config, state, Tokenizer.for_model_dir(model_dir), name=name or model_dir)
+
+    @classmethod
+    def random(cls, config: GPT2Config | str = "gpt2", seed: int = 123) -> "GPT2":
+        """An untrained GPT-2 initialised as OpenAI did: N(0, 0.02) weights, residual projections scaled by
+        1/sqrt(2 * n_layer), zero biases, unit LayerNorm gains."""
+        config = GPT2Config.preset(config) if isinstance(config, str) else config
+        rng = np.random.default_rng(seed)
+        state = {}
+        for name, shape in expected_shapes(config).items():
+            if name.endswith(".bias"):
+                state[name] = np.zeros(shape, np.float32)
+            elif ".ln_" in name or name.startswith("ln_"):
+                state[name] = np.ones(shape, np.float32)
+            else:
+                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith("c_proj.weight") else 0.02
+                state[name] = rng.normal(0.0, std, size=shape).astype(np.float32)
+        return cls(config, state, name="random")
+
+    def save(self, model_dir: str | os.PathLike) -> None:
+        """Write config.json and model.safetensors in the official layout (transformers can load them)."""
+        os.makedirs(model_dir, exist_ok=True)
+        self.config.save(os.path.join(model_dir, "config.json"))
+        save_weights(self.state, os.path.join(model_dir, "model.safetensors"))
+
+    @property
+    def n_params(self) -> int:
+        return sum(a.size for a in self.state.values())
+
+    # ------------------------------------------------------------------------------------------ forward pass
+
+    def __call__(self, ids) -> np.ndarray:
+        """Logits for every position: ids [T] -> [T, V], ids [B, T] -> [B, T, V]."""
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            return self.forward(ids[None]).logits[0]
+        return self.forward(ids).logits
+
+    def new_cache(self, batch_size: int = 1, capacity: int | None = None) -> KVCache:
+        return KVCache(self.config, batch_size, capacity)
+
+    def forward(self, ids, cache: KVCache | None = None, attention_mask=None, position_ids=None,
+                output_hidden_states: bool = False, output_attentions: bool = False,
+                last_only: bool = False) -> Output:
+        """Run the model over ids [B, T], after the positions already in `cache` if one is given.
+
+        attention_mask [B, past + T]: 1 for tokens, 0 for padding (as transformers); padding keys are ignored
+        and, unless position_ids [B, T] are given, positions count real tokens only (left padding works).
+        last_only: compute logits for the last position only (what generation needs).
+        hidden_states follow transformers: the embeddings, each block's output, and the last one after ln_f.
+        """
+        ids = self._check_ids(ids)
+        b, t = ids.shape
+        past = cache.length if cache is not None else 0
+        if past + t > self.config.n_positions:
+            raise ContextLengthError(f"{past + t} positions do not fit in the model's context of "
+                                     f"{self.config.n_positions} tokens; shorten the input")
+        if cache is not None and (cache.batch_size != b or past + t > cache.capacity):
+            raise ValueError(f"cache holds {cache.batch_size} rows and {cache.capacity} positions; "
+                             f"got {b} rows reaching position {past + t}")
+        allowed, positions = self._mask_and_positions(b, t, past, attention_mask, position_ids)
+
+        x = self.wte[ids] + self.wpe[positions]  # [B, T, C]
+        hidden, attentions = [x], []
+        for i, block in enumerate(self.blocks):
+            x, probs = self._block(x, block, allowed, cache, i)  # [B, T, C], [B, H, T, S]
+            hidden.append(x)
+            attentions.append(probs)
+        if cache is not None:
+            cache.length += t
+
+        x = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, self.config.layer_norm_epsilon)  # [B, T, C]
+        hidden[-1] = x
+        if last_only:
+            x = x[:, -1:]  # [B, 1, C]
+        logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(b, -1, self.lm_head.shape[0])  # [B, T, V]
+        return Output(logits, hidden if output_hidden_states else None,
+                      attentions if output_attentions else None)
+
+    def _block(self, x, p: Block, allowed, cache, layer):
+        """One transformer block (pre-LayerNorm, as GPT-2). x [B, T, C] -> [B, T, C]"""
+        eps = self.config.layer_norm_epsilon
+        h = ops.layer_norm(x, p.ln_1.weight, p.ln_1.bias, eps)  # [B, T, C]
+        qkv = ops.linear(h, p.c_attn.weight, p.c_attn.bias)  # [B, T, 3C]
+        q, k, v = (ops.split_heads(a, self.config.n_head) for a in np.split(qkv, 3, axis=-1))  # [B, H, T, D]
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # [B, H, S, D], S = past + T
+        a, probs = ops.attention(q, k, v, allowed)  # [B, H, T, D], [B, H, T, S]
+        x = x + ops.linear(ops.merge_heads(a), p.attn_proj.weight, p.attn_proj.bias)  # [B, T, C]
+        h = ops.layer_norm(x, p.ln_2.weight, p.ln_2.bias, eps)  # [B, T, C]
+        h = ops.gelu(ops.linear(h, p.c_fc.weight, p.c_fc.bias))  # [B, T, 4C]
+        return x + ops.linear(h, p.mlp_proj.weight, p.mlp_proj.bias), probs  # [B, T, C]
+
+    def _check_ids(self, ids) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"expected token ids of shape [T] or [B, T] with T >= 1, got shape {list(ids.shape)}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= self.config.vocab_size:
+            bad = ids.min() if ids.min() < 0 else ids.max()
+            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        return ids
+
+    def _mask_and_positions(self, b, t, past, attention_mask, position_ids):
+        """Which keys each query may see ([B or 1, 1, T, S] bool, None = all) and the positions [B or 1, T]."""
+        s = past + t
+        causal = None if t == 1 else ops.causal_allowed(t, past)[None, None]  # [1, 1, T, S]
+        if attention_mask is None:
+            positions = np.arange(past, s)[None] if position_ids is None else np.asarray(position_ids)
+            return causal, positions
+        mask = np.asarray(attention_mask).astype(bool)
+        if mask.shape != (b, s):
+            raise ValueError(f"attention_mask must have shape [B, past + T] = [{b}, {s}], got {list(mask.shape)}")
+        keys = mask[:, None, None, :]  # [B, 1, 1, S]
+        allowed = keys if causal is None else causal & keys
+        if position_ids is None:
+            position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, past:]  # [B, T] counting real tokens
+        return allowed, np.asarray(position_ids)
+
+    # ---------------------------------------------------------------------------------------------- generation
+
+    def generate(self, prompt, **settings):
+        """Continue a prompt. Text in, the continuation's text out; ids in, the new ids out.
+
+        See npgpt.generation.generate for the settings (max_new_tokens, temperature, seed, ...).
+        """
+        return generate(self, prompt, **settings)
+
+    def stream(self, prompt, **settings):
+        """Like generate, but yields the text piece by piece as it is produced."""
+        return stream_text(self, prompt, **settings)
+
+    def stream_steps(self, prompt, **settings):
+        """Like stream, but yields a Step per token: its id, its text and, on the last, the finish reason."""
+        return stream_steps(self, prompt, **settings)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (f"GPT2(name={self.name!r}, n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
+                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}, params={self.n_params:,})")

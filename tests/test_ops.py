@@ -1,0 +1,103 @@
+"""The operations, checked against their definitions (loops and formulas written out)."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from npgpt import ops
+
+rng = np.random.default_rng(0)
+finite32 = st.floats(-50, 50, width=32)
+
+
+def test_gelu_is_the_tanh_approximation():
+    x = np.linspace(-6, 6, 101).astype(np.float32)
+    want = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.tolist()]
+    np.testing.assert_allclose(ops.gelu(x), want, rtol=1e-6, atol=1e-6)  # float32, as PyTorch computes it
+    assert ops.gelu(x).dtype == np.float32
+    assert ops.gelu(np.float32(0.0)) == 0.0
+
+
+def test_layer_norm_normalises_the_last_axis():
+    x = rng.normal(3.0, 5.0, size=(2, 7, 32)).astype(np.float32)
+    y = ops.layer_norm(x, np.ones(32, np.float32), np.zeros(32, np.float32))
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
+    np.testing.assert_allclose(y.var(-1), 1, atol=1e-3)
+    w, b = rng.normal(size=32).astype(np.float32), rng.normal(size=32).astype(np.float32)
+    x64 = x.astype(np.float64)
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(ops.layer_norm(x, w, b), want, rtol=1e-5, atol=1e-5)
+    assert ops.layer_norm(x, w, b).dtype == np.float32
+
+
+@settings(deadline=None)
+@given(arrays(np.float32, st.tuples(st.integers(1, 4), st.integers(1, 30)), elements=finite32))
+def test_softmax_rows_are_probabilities(x):
+    p = ops.softmax(x)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-5)
+    x64 = x.astype(np.float64)
+    want = x64 - x64.max(-1, keepdims=True)
+    want -= np.log(np.exp(want).sum(-1, keepdims=True))
+    np.testing.assert_allclose(ops.log_softmax(x), want, atol=1e-4, rtol=1e-5)
+
+
+def test_softmax_is_stable_for_huge_logits():
+    p = ops.softmax(np.array([1e30, 1e30, -1e30], np.float32))
+    np.testing.assert_allclose(p, [0.5, 0.5, 0.0])
+    assert p.dtype == np.float32
+
+
+def test_causal_mask_is_zero_on_and_below_the_diagonal_and_minus_infinity_above():
+    m = ops.causal_mask(4)
+    assert m.shape == (4, 4)
+    for i in range(4):
+        for j in range(4):
+            assert m[i, j] == (0.0 if j <= i else -np.inf)
+    # with 2 positions already in the cache, the 3 new queries see all of the past
+    m = ops.causal_mask(3, past=2)
+    assert m.shape == (3, 5)
+    assert (m[:, :2] == 0).all() and m[0, 3] == -np.inf and m[2, 4] == 0
+
+
+def test_heads_split_and_merge_back():
+    x = rng.normal(size=(2, 5, 12)).astype(np.float32)
+    heads = ops.split_heads(x, 3)
+    assert heads.shape == (2, 3, 5, 4)
+    np.testing.assert_array_equal(heads[1, 2, 4], x[1, 4, 8:12])
+    np.testing.assert_array_equal(ops.merge_heads(heads), x)
+
+
+@pytest.mark.parametrize("past", [0, 3])
+def test_attention_over_all_heads_equals_one_head_at_a_time(past):
+    b, h, t, d = 2, 3, 4, 8
+    q = rng.normal(size=(b, h, t, d)).astype(np.float32)
+    k = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
+    v = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
+    out, probs = ops.attention(q, k, v, ops.causal_allowed(t, past))
+    for bi in range(b):
+        for hi in range(h):
+            scores = q[bi, hi] @ k[bi, hi].T / math.sqrt(d) + ops.causal_mask(t, past)
+            p = np.exp(scores - scores.max(-1, keepdims=True))
+            p /= p.sum(-1, keepdims=True)
+            np.testing.assert_allclose(probs[bi, hi], p, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(out[bi, hi], p @ v[bi, hi], rtol=1e-5, atol=1e-5)
+    assert out.dtype == np.float32 and probs.dtype == np.float32
+
+
+def test_a_query_with_every_key_masked_gives_a_finite_uniform_row():
+    q = k = v = np.ones((1, 1, 2, 4), np.float32)
+    allowed = np.array([[False, False], [True, True]])[None, None]
+    out, probs = ops.attention(q, k, v, allowed)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(probs[0, 0, 0], [0.5, 0.5])
+
+
+def test_linear_uses_the_conv1d_layout():
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    w = rng.normal(size=(4, 6)).astype(np.float32)  # [in, out]
+    b = rng.normal(size=6).astype(np.float32)
+    np.testing.assert_allclose(ops.linear(x, w, b), np.einsum("bti,io->bto", x, w) + b, rtol=1e-5, atol=1e-6)

@@ -1,0 +1,47 @@
+"""What the package may depend on: the standard library, numpy, tiktoken, safetensors and requests."""
+
+import ast
+import pathlib
+import sys
+import tomllib
+
+import npgpt
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ALLOWED = {"numpy", "tiktoken", "safetensors", "requests", "npgpt"}
+
+
+def imported_modules(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module.split(".")[0]
+
+
+def test_runtime_imports_only_the_standard_library_and_four_dependencies():
+    files = sorted((ROOT / "npgpt").rglob("*.py"))
+    assert files
+    for path in files:
+        for module in imported_modules(path):
+            assert module in ALLOWED or module in sys.stdlib_module_names, f"{path.name} imports {module}"
+
+
+def test_nothing_is_ever_unpickled():
+    for path in (ROOT / "npgpt").rglob("*.py"):
+        modules = set(imported_modules(path))
+        assert not modules & {"pickle", "marshal", "shelve", "dill", "joblib", "torch"}, path.name
+        text = path.read_text()
+        assert "allow_pickle" not in text and "np.load(" not in text and "torch.load" not in text, path.name
+
+
+def test_declared_dependencies_are_exactly_the_four():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    names = sorted(d.split(">")[0].split("=")[0].split("<")[0].strip() for d in project["dependencies"])
+    assert names == ["numpy", "requests", "safetensors", "tiktoken"]
+    assert project["version"] == npgpt.__version__
+
+
+def test_the_package_carries_its_vocabulary():
+    assert (ROOT / "npgpt" / "data" / "vocab.bpe.gz").is_file()

@@ -1,33 +1,232 @@
-"""Turning next-token logits into a choice.
+"""Decoding rules: from next-token logits to a choice.
 
-A processor is a small object with one job: `processor(input_ids [B, S], logits [B, V]) -> logits [B, V]`.
-They compose in a list; selection then picks one token per row, greedily or by sampling.
+Each rule is a small object with one job, `rule(input_ids [B, S], logits [B, V]) -> logits [B, V]`, usable on
+its own. `input_ids` is every token so far (prompt and generated); generation pads rows on the left with -1,
+which no rule counts as a token. Removed tokens get -inf. The rules compose in the order transformers' `generate`
+applies them; `Sampler` builds that chain from settings named as in transformers and OpenAI, and
+`next_token_distribution` returns the very distribution generation samples from.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from . import ops
 from .errors import SettingsError
 
+NEG_INF = np.float32(-np.inf)
+
+
+# ------------------------------------------------------------------------------------------------------ processors
+
+
+class LogitBias:
+    """Add a fixed bias per token id (OpenAI's `logit_bias`): bias {id: value}."""
+
+    def __init__(self, bias: dict[int, float]):
+        self.ids = np.array(list(bias), dtype=np.int64)
+        self.values = np.array(list(bias.values()), dtype=np.float32)
+
+    def __call__(self, input_ids, logits):
+        logits = logits.copy()
+        logits[:, self.ids] += self.values
+        return logits
+
+
+class RepetitionPenalty:
+    """Make every token already in the sequence less likely, once per token (transformers' semantics, from
+    CTRL): a positive logit is divided by the penalty, a negative one multiplied. penalty > 1 discourages."""
+
+    def __init__(self, penalty: float):
+        self.penalty = np.float32(penalty)
+
+    def __call__(self, input_ids, logits):
+        seen = token_mask(input_ids, logits.shape[-1])  # [B, V]
+        penalised = np.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        return np.where(seen, penalised, logits)
+
+
+class PresenceFrequencyPenalty:
+    """OpenAI's penalties on the generated tokens (not the prompt): logit -= count * frequency_penalty
+    + (count > 0) * presence_penalty, where count is how often the token was generated so far."""
+
+    def __init__(self, presence_penalty: float, frequency_penalty: float, prompt_length: int):
+        self.presence, self.frequency = np.float32(presence_penalty), np.float32(frequency_penalty)
+        self.prompt_length = prompt_length
+
+    def __call__(self, input_ids, logits):
+        counts = token_counts(input_ids[:, self.prompt_length:], logits.shape[-1])  # [B, V]
+        return logits - (counts * self.frequency + (counts > 0) * self.presence).astype(np.float32)
+
+
+class NoRepeatNGram:
+    """Forbid any token that would repeat an n-gram already in the sequence (prompt included)."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, input_ids, logits):
+        n = self.size
+        if input_ids.shape[1] < n:
+            return logits
+        logits = logits.copy()
+        windows = np.lib.stride_tricks.sliding_window_view(input_ids, n, axis=1)  # [B, S - n + 1, n]
+        prefix = input_ids[:, input_ids.shape[1] - n + 1:]  # [B, n - 1]: the n-gram the next token would end
+        matches = (windows[:, :, :-1] == prefix[:, None, :]).all(axis=-1)  # [B, S - n + 1]
+        matches &= (prefix >= 0).all(axis=-1, keepdims=True)  # a prefix reaching into the padding is no n-gram
+        rows, starts = np.nonzero(matches)
+        logits[rows, windows[rows, starts, -1]] = NEG_INF
+        return logits
+
+
+class BannedSequences:
+    """Never complete one of the given token sequences (transformers' `bad_words_ids`): a one-token sequence is
+    always banned; a longer one bans its last token whenever the sequence so far ends with the rest of it."""
+
+    def __init__(self, sequences: list[list[int]]):
+        self.single = np.array([s[0] for s in sequences if len(s) == 1], dtype=np.int64)
+        self.longer = [(np.array(s[:-1]), s[-1]) for s in sequences if len(s) > 1]
+
+    def __call__(self, input_ids, logits):
+        logits = logits.copy()
+        logits[:, self.single] = NEG_INF
+        for prefix, last in self.longer:
+            if len(prefix) <= input_ids.shape[1]:
+                matching = (input_ids[:, input_ids.shape[1] - len(prefix):] == prefix).all(axis=-1)  # [B]
+                logits[matching, last] = NEG_INF
+        return logits
+
+
+class MinNewTokens:
+    """Suppress end-of-text until min_new_tokens tokens have been generated after the prompt."""
+
+    def __init__(self, min_new_tokens: int, prompt_length: int, eos_token_id: int):
+        self.min_new_tokens, self.prompt_length, self.eos = min_new_tokens, prompt_length, eos_token_id
+
+    def __call__(self, input_ids, logits):
+        if input_ids.shape[1] - self.prompt_length >= self.min_new_tokens or self.eos >= logits.shape[-1]:
+            return logits
+        logits = logits.copy()
+        logits[:, self.eos] = NEG_INF
+        return logits
+
 
 class Temperature:
     """Divide logits by t: t < 1 sharpens the distribution, t > 1 flattens it."""
 
     def __init__(self, temperature: float):
-        if not temperature > 0:
-            raise SettingsError(f"temperature must be > 0 here (0 means greedy), got {temperature}")
         self.temperature = float(temperature)
 
-    def __call__(self, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    def __call__(self, input_ids, logits):
         return logits / np.float32(self.temperature)
 
 
-def apply_processors(processors, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
-    for processor in processors:
-        logits = processor(input_ids, logits)
+class TopK:
+    """Keep the k highest logits (and any tied with the k-th, as transformers does); remove the rest."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def __call__(self, input_ids, logits):
+        k = min(self.k, logits.shape[-1])
+        kth = np.partition(logits, -k, axis=-1)[:, -k:].min(axis=-1, keepdims=True)  # [B, 1]
+        return np.where(logits < kth, NEG_INF, logits)
+
+
+class TopP:
+    """Nucleus sampling: keep the smallest set of most likely tokens whose probabilities add up to at least p.
+
+    A token is kept when the tokens ranked above it hold less than p (so the most likely is always kept).
+    Tied logits are ranked by token id, lower first; transformers ranks them by PyTorch's unstable sort."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, input_ids, logits):
+        order = np.argsort(-logits, axis=-1, kind="stable")  # [B, V] most likely first
+        probs = ops.softmax(np.take_along_axis(logits, order, axis=-1).astype(np.float64))
+        above = np.cumsum(probs, axis=-1) - probs  # [B, V] probability of the tokens ranked above each
+        return np.where(unsort(above >= self.p, order), NEG_INF, logits)
+
+
+class MinP:
+    """Keep tokens whose probability is at least min_p times that of the most likely token."""
+
+    def __init__(self, min_p: float):
+        self.min_p = min_p
+
+    def __call__(self, input_ids, logits):
+        probs = ops.softmax(logits)
+        remove = probs < self.min_p * probs.max(axis=-1, keepdims=True)
+        remove[np.arange(len(logits)), probs.argmax(axis=-1)] = False
+        return np.where(remove, NEG_INF, logits)
+
+
+class TypicalP:
+    """Typical sampling (Meister et al.): rank tokens by how close their surprise -log p is to the entropy, and
+    keep the closest ones until their probabilities add up to `mass`."""
+
+    def __init__(self, mass: float):
+        self.mass = mass
+
+    def __call__(self, input_ids, logits):
+        logp = ops.log_softmax(logits)  # [B, V]
+        p = np.exp(logp)
+        entropy = -(p * np.where(p > 0, logp, 0)).sum(axis=-1, keepdims=True)  # removed tokens (p = 0) count 0
+        distance = np.abs(-logp - entropy)  # [B, V]
+        order = np.argsort(distance, axis=-1, kind="stable")
+        sorted_distance = np.take_along_axis(distance, order, axis=-1)
+        cumulative = np.cumsum(ops.softmax(np.take_along_axis(logits, order, axis=-1)), axis=-1)
+        last = np.minimum((cumulative < self.mass).sum(axis=-1), logits.shape[-1] - 1)  # [B]
+        remove_sorted = sorted_distance > sorted_distance[np.arange(len(logits)), last][:, None]
+        remove_sorted[:, 0] = False
+        return np.where(unsort(remove_sorted, order), NEG_INF, logits)
+
+
+class SuppressTokens:
+    """Never choose the given ids (used for ids a model has but its tokenizer cannot decode)."""
+
+    def __init__(self, ids):
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    def __call__(self, input_ids, logits):
+        logits = logits.copy()
+        logits[:, self.ids] = NEG_INF
+        return logits
+
+
+def token_mask(input_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """[B, S] ids (-1 = padding) -> [B, V] bool: which tokens occur in each row."""
+    mask = np.zeros((len(input_ids), vocab_size), dtype=bool)
+    rows, cols = np.nonzero(input_ids >= 0)
+    mask[rows, input_ids[rows, cols]] = True
+    return mask
+
+
+def token_counts(input_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """[B, S] ids (-1 = padding) -> [B, V] counts of each token in each row."""
+    rows, cols = np.nonzero(input_ids >= 0)
+    flat = rows * vocab_size + input_ids[rows, cols]
+    return np.bincount(flat, minlength=len(input_ids) * vocab_size).reshape(len(input_ids), vocab_size)
+
+
+def unsort(sorted_values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Put values computed in sorted order back at their tokens' places."""
+    out = np.empty_like(sorted_values)
+    np.put_along_axis(out, order, sorted_values, axis=-1)
+    return out
+
+
+def apply(rules, input_ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    for rule in rules:
+        logits = rule(input_ids, logits)
     return logits
+
+
+# ------------------------------------------------------------------------------------------------------- selection
 
 
 def greedy(logits: np.ndarray) -> np.ndarray:
@@ -44,5 +243,199 @@ def sample(logits: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
     cumulative = np.cumsum(probs, axis=-1)  # [B, V]
     draws = np.array([rng.random() for rng in rngs]) * cumulative[:, -1]  # [B]
     chosen = (cumulative <= draws[:, None]).sum(axis=-1)  # [B]
-    # a token of probability 0 can never be chosen, even when a draw lands exactly on a boundary
-    return np.minimum(chosen, probs.shape[-1] - 1)
+    return np.minimum(chosen, probs.shape[-1] - 1)  # guards a draw landing exactly on the total
+
+
+# -------------------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """The decoding rules of one generation, named as in transformers' generate and OpenAI's API.
+
+    Neutral values switch a rule off: top_k 0, top_p 1, min_p 0, typical_p 1, repetition_penalty 1,
+    no_repeat_ngram_size 0, penalties 0. Sampling is on when temperature > 0 is given, when a sampling rule
+    (top_k, top_p, min_p, typical_p) is set, or with do_sample=True; otherwise decoding is greedy.
+    logit_bias maps token ids to a bias (words are resolved to ids by `resolve_logit_bias`).
+    """
+
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    typical_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    bad_words_ids: list[list[int]] | None = None
+    no_repeat_ngram_size: int = 0
+    min_new_tokens: int = 0
+    do_sample: bool | None = None
+    eos_token_id: int = 50256
+    vocab_size: int = 50257
+    suppress_ids: tuple[int, ...] = field(default=())
+
+    def __post_init__(self):
+        check = _Checker()
+        check.number("temperature", self.temperature, low=0.0, allow_none=True)
+        check.integer("top_k", self.top_k, low=0, allow_none=True)
+        check.number("top_p", self.top_p, low=0.0, high=1.0, low_open=True, allow_none=True, range_text="in (0, 1]")
+        check.number("min_p", self.min_p, low=0.0, high=1.0, allow_none=True, range_text="in [0, 1]")
+        check.number("typical_p", self.typical_p, low=0.0, high=1.0, low_open=True, allow_none=True,
+                     range_text="in (0, 1]")
+        check.number("repetition_penalty", self.repetition_penalty, low=0.0, low_open=True, allow_none=True)
+        check.number("presence_penalty", self.presence_penalty, low=-2.0, high=2.0, range_text="in [-2, 2]")
+        check.number("frequency_penalty", self.frequency_penalty, low=-2.0, high=2.0, range_text="in [-2, 2]")
+        check.integer("no_repeat_ngram_size", self.no_repeat_ngram_size, low=0)
+        check.integer("min_new_tokens", self.min_new_tokens, low=0)
+        if self.do_sample is not None and not isinstance(self.do_sample, bool):
+            raise SettingsError(f"do_sample must be true or false, got {self.do_sample!r}")
+        for token, bias in (self.logit_bias or {}).items():
+            if not isinstance(token, (int, np.integer)) or not 0 <= token < self.vocab_size:
+                raise SettingsError(f"logit_bias: token id {token!r} is outside the vocabulary "
+                                    f"(0..{self.vocab_size - 1})")
+            if not isinstance(bias, (int, float)) or math.isnan(bias):
+                raise SettingsError(f"logit_bias: the bias for token {token} must be a number, got {bias!r}")
+        for sequence in self.bad_words_ids or []:
+            if (not isinstance(sequence, (list, tuple)) or not sequence
+                    or not all(isinstance(t, (int, np.integer)) and 0 <= t < self.vocab_size for t in sequence)):
+                raise SettingsError(f"bad_words_ids must be lists of token ids (0..{self.vocab_size - 1}), "
+                                    f"got {sequence!r}")
+        if self.do_sample is False and self.temperature:
+            raise SettingsError("temperature > 0 samples; it contradicts do_sample=False")
+        if not self.sampling:
+            for name in ("top_k", "top_p", "min_p", "typical_p"):
+                if self._active(name):
+                    raise SettingsError(f"{name} applies only when sampling; set temperature > 0 "
+                                        "(temperature 0 means greedy)")
+
+    def _active(self, name: str) -> bool:
+        value = getattr(self, name)
+        neutral = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0}[name]
+        return value is not None and value != neutral
+
+    @property
+    def sampling(self) -> bool:
+        if self.temperature == 0 or self.do_sample is False:
+            return False
+        if self.do_sample or self.temperature:
+            return True
+        return any(self._active(name) for name in ("top_k", "top_p", "min_p", "typical_p"))
+
+    def processors(self, prompt_length: int) -> list:
+        """The rules that change logits whatever the selection, in transformers' order."""
+        rules = []
+        if self.suppress_ids:
+            rules.append(SuppressTokens(self.suppress_ids))
+        if self.logit_bias:
+            rules.append(LogitBias(self.logit_bias))
+        if self.repetition_penalty not in (None, 1.0):
+            rules.append(RepetitionPenalty(self.repetition_penalty))
+        if self.presence_penalty or self.frequency_penalty:
+            rules.append(PresenceFrequencyPenalty(self.presence_penalty, self.frequency_penalty, prompt_length))
+        if self.no_repeat_ngram_size:
+            rules.append(NoRepeatNGram(self.no_repeat_ngram_size))
+        if self.bad_words_ids:
+            # as transformers, a ban of end-of-text alone is dropped: it would make the model unable to stop
+            banned = [list(s) for s in self.bad_words_ids if list(s) != [self.eos_token_id]]
+            if banned:
+                rules.append(BannedSequences(banned))
+        if self.min_new_tokens:
+            rules.append(MinNewTokens(self.min_new_tokens, prompt_length, self.eos_token_id))
+        return rules
+
+    def warpers(self) -> list:
+        """The rules that shape the distribution to sample from (only when sampling), in transformers' order."""
+        if not self.sampling:
+            return []
+        rules = []
+        if self.temperature not in (None, 1.0):
+            rules.append(Temperature(self.temperature))
+        if self._active("top_k"):
+            rules.append(TopK(self.top_k))
+        if self._active("top_p"):
+            rules.append(TopP(self.top_p))
+        if self._active("min_p"):
+            rules.append(MinP(self.min_p))
+        if self._active("typical_p"):
+            rules.append(TypicalP(self.typical_p))
+        return rules
+
+    def rules(self, prompt_length: int) -> list:
+        return self.processors(prompt_length) + self.warpers()
+
+    def select(self, logits: np.ndarray, rngs) -> np.ndarray:
+        """Pick a token per row from processed logits: greedy, or a draw with each row's generator."""
+        return sample(logits, rngs) if self.sampling else greedy(logits)
+
+    @classmethod
+    def names(cls) -> set[str]:
+        return {f.name for f in fields(cls)}
+
+
+def next_token_distribution(logits, input_ids=None, prompt_length: int | None = None, tokenizer=None,
+                            **settings) -> np.ndarray:
+    """The probabilities the next token is drawn from: softmax of the logits after every rule in `settings`.
+
+    logits [V] or [B, V]; input_ids the tokens so far ([S] or [B, S], needed by the repetition rules);
+    prompt_length: how many of them are the prompt (default: all, i.e. nothing generated yet).
+    With greedy settings this is the distribution the argmax is taken of. Settings as in `Sampler`
+    (and logit_bias may name words when a tokenizer is given).
+    """
+    logits = np.asarray(logits, dtype=np.float32)
+    single = logits.ndim == 1
+    logits = logits[None] if single else logits
+    ids = np.zeros((len(logits), 0), np.int64) if input_ids is None else np.asarray(input_ids, dtype=np.int64)
+    ids = ids[None] if ids.ndim == 1 else ids
+    if "logit_bias" in settings and settings["logit_bias"]:
+        settings["logit_bias"] = resolve_logit_bias(settings["logit_bias"], tokenizer)
+    settings.setdefault("vocab_size", logits.shape[-1])
+    sampler = Sampler(**settings)
+    processed = apply(sampler.rules(ids.shape[1] if prompt_length is None else prompt_length), ids, logits)
+    probs = ops.softmax(processed.astype(np.float64)).astype(np.float32)
+    return probs[0] if single else probs
+
+
+def resolve_logit_bias(bias: dict, tokenizer=None) -> dict[int, float]:
+    """{token id or word: bias} -> {token id: bias}. A word means every token of it, written with and without a
+    leading space ("gonna" biases the tokens of "gonna" and of " gonna"); biases on the same token add up."""
+    resolved: dict[int, float] = {}
+    for key, value in bias.items():
+        if isinstance(key, str) and key.lstrip("-").isdigit():
+            key = int(key)
+        if isinstance(key, str):
+            if tokenizer is None:
+                raise SettingsError(f"logit_bias: cannot bias the word {key!r} without a tokenizer")
+            if not key.strip():
+                raise SettingsError("logit_bias: cannot bias an empty word")
+            word = key.strip()
+            ids = set(tokenizer.encode(word)) | set(tokenizer.encode(" " + word))
+        else:
+            ids = {key}
+        for token in ids:
+            resolved[token] = resolved.get(token, 0.0) + value
+    return resolved
+
+
+class _Checker:
+    """Range checks whose message names the setting."""
+
+    def number(self, name, value, low=None, high=None, low_open=False, allow_none=False, range_text=None):
+        if value is None and allow_none:
+            return
+        ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool) \
+            and not math.isnan(value)
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            text = range_text or (f"> {low:g}" if low_open else f">= {low:g}")
+            raise SettingsError(f"{name} must be {text}, got {value!r}")
+
+    def integer(self, name, value, low=0, allow_none=False):
+        if value is None and allow_none:
+            return
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise SettingsError(f"{name} must be an integer >= {low}, got {value!r}")

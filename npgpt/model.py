@@ -17,7 +17,8 @@ import numpy as np
 from . import ops
 from .config import GPT2Config
 from .errors import ContextLengthError, NpgptError
-from .generation import generate, stream_steps, stream_text
+from .generation import generate, prompt_ids, stream_steps, stream_text
+from .sampling import next_token_distribution
 from .tokenizer import Tokenizer
 from .weights import expected_shapes, find_checkpoint, load_weights, save_weights
 
@@ -52,14 +53,15 @@ class Output:
 
 
 class KVCache:
-    """Keys and values of every position seen so far, preallocated for `capacity` positions.
+    """Keys and values of every position seen so far, preallocated for `capacity` positions (by default the
+    model's context; a left-padded batch may need its padding on top).
 
     keys, values: [L, B, H, capacity, D]. A forward pass over T new positions writes them at
     [length, length + T) in each layer, attends over [0, length + T), then advances `length` by T.
     """
 
     def __init__(self, config: GPT2Config, batch_size: int, capacity: int | None = None):
-        capacity = config.n_positions if capacity is None else min(capacity, config.n_positions)
+        capacity = config.n_positions if capacity is None else capacity
         shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_size)
         self.keys = np.zeros(shape, dtype=np.float32)  # zeroed lazily by the OS: memory is used as it fills
         self.values = np.zeros(shape, dtype=np.float32)
@@ -81,9 +83,19 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def select(self, rows) -> None:
-        """Keep (and reorder or repeat) batch rows: rows [B'] indexes the current batch."""
-        self.keys = self.keys[:, rows]
-        self.values = self.values[:, rows]
+        """Keep, reorder or repeat batch rows: new row i is old row rows[i]. Only the filled positions move."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if len(rows) == self.batch_size and (rows == np.arange(len(rows))).all():
+            return
+        if len(rows) == self.batch_size:  # a reordering (beam search): in place
+            for cache in (self.keys, self.values):
+                cache[:, :, :, :self.length] = cache[:, rows, :, :self.length]
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            new = np.zeros((old.shape[0], len(rows)) + old.shape[2:], dtype=old.dtype)
+            new[:, :, :, :self.length] = old[:, rows, :, :self.length]
+            setattr(self, name, new)
 
 
 class GPT2:
@@ -182,13 +194,15 @@ class GPT2:
         ids = self._check_ids(ids)
         b, t = ids.shape
         past = cache.length if cache is not None else 0
-        if past + t > self.config.n_positions:
-            raise ContextLengthError(f"{past + t} positions do not fit in the model's context of "
-                                     f"{self.config.n_positions} tokens; shorten the input")
         if cache is not None and (cache.batch_size != b or past + t > cache.capacity):
             raise ValueError(f"cache holds {cache.batch_size} rows and {cache.capacity} positions; "
                              f"got {b} rows reaching position {past + t}")
         allowed, positions = self._mask_and_positions(b, t, past, attention_mask, position_ids)
+        if positions.min() < 0:
+            raise ValueError("position_ids must be >= 0")
+        if positions.max() >= self.config.n_positions:
+            raise ContextLengthError(f"{positions.max() + 1} positions do not fit in the model's context of "
+                                     f"{self.config.n_positions} tokens; shorten the input")
 
         x = self.wte[ids] + self.wpe[positions]  # [B, T, C]
         hidden, attentions = [x], []
@@ -258,6 +272,14 @@ class GPT2:
         See npgpt.generation.generate for the settings (max_new_tokens, temperature, seed, ...).
         """
         return generate(self, prompt, **settings)
+
+    def next_token_distribution(self, prompt, **settings) -> np.ndarray:
+        """The probabilities [V] that generation would draw the token after `prompt` from, with these decoding
+        settings (temperature, top_k, top_p, logit_bias by id or word, ...; see npgpt.sampling.Sampler)."""
+        ids = prompt_ids(self.tokenizer, prompt)
+        logits = self.forward(ids, last_only=True).logits[0, -1]  # [V]
+        settings.setdefault("eos_token_id", self.tokenizer.eot_id)
+        return next_token_distribution(logits, ids, tokenizer=self.tokenizer, **settings)
 
     def stream(self, prompt, **settings):
         """Like generate, but yields the text piece by piece as it is produced."""

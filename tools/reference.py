@@ -107,3 +107,17 @@ def greedy(model, ids: np.ndarray, max_new_tokens: int, attention_mask: np.ndarr
                          num_beams=1, eos_token_id=eos, pad_token_id=-1 if eos is not None else None,
                          min_new_tokens=0)
     return out[:, ids_t.shape[1]:].numpy()
+
+
+@torch.no_grad()
+def generate(model, ids: np.ndarray, attention_mask: np.ndarray | None = None, **settings):
+    """transformers' `generate` with the given settings: (new tokens [B * n, N], sequence scores or None).
+
+    Rows that end early are padded with -1 after their <|endoftext|>."""
+    ids_t = torch.as_tensor(ids, dtype=torch.long)
+    mask_t = torch.ones_like(ids_t) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+    eos = model.config.eos_token_id if model.config.eos_token_id < model.config.vocab_size else None
+    out = model.generate(ids_t, attention_mask=mask_t, eos_token_id=eos, pad_token_id=-1 if eos is not None else None,
+                         return_dict_in_generate=True, output_scores=True, **settings)
+    scores = getattr(out, "sequences_scores", None)
+    return out.sequences[:, ids_t.shape[1]:].numpy(), None if scores is None else scores.numpy()

@@ -15,14 +15,74 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
+def non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
-positive_int.__name__ = "integer"
+non_negative_int.__name__ = "integer"
+
+
+def word_value(text: str) -> tuple[str, float]:
+    word, sep, value = text.rpartition("=")
+    if not sep or not word:
+        raise argparse.ArgumentTypeError(f"expected WORD=VALUE (e.g. gonna=-5), got {text!r}")
+    try:
+        return word, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the value in {text!r} is not a number") from None
+
+
+word_value.__name__ = "WORD=VALUE"
+
+
+def early_stopping(text: str):
+    choices = {"true": True, "false": False, "never": "never"}
+    if text.lower() not in choices:
+        raise argparse.ArgumentTypeError(f"choose true, false or never, not {text!r}")
+    return choices[text.lower()]
+
+
+early_stopping.__name__ = "true|false|never"
+
+
+def add_model_argument(parser):
+    parser.add_argument("--model", "-m", default="gpt2", help="model directory (config.json + model.safetensors)")
+
+
+def add_decoding_arguments(parser):
+    """Flags for every decoding rule (named as the Python keywords, with dashes)."""
+    g = parser.add_argument_group("decoding rules (greedy unless a sampling setting is given)")
+    g.add_argument("--temperature", "-t", type=float, help="sampling temperature; 0 means greedy")
+    g.add_argument("--top-k", type=int, help="sample among the k most likely tokens (0: off)")
+    g.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set holding probability p")
+    g.add_argument("--min-p", type=float, help="drop tokens below min_p times the top probability")
+    g.add_argument("--typical-p", type=float, help="typical sampling mass")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages tokens already present")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI's presence penalty (-2..2)")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI's frequency penalty (-2..2)")
+    g.add_argument("--bias", type=word_value, action="append", default=[], metavar="WORD=VALUE",
+                   help="add VALUE to the logits of WORD's tokens (or of a token id); repeatable")
+    g.add_argument("--ban", action="append", default=[], metavar="WORD",
+                   help="never generate WORD (with or without a leading space); repeatable")
+    g.add_argument("--no-repeat-ngram-size", type=non_negative_int, default=0, help="forbid repeating n-grams")
+    g.add_argument("--min-new-tokens", type=non_negative_int, default=0, help="no end-of-text before this many")
+    g.add_argument("--seed", type=int, help="seed for sampling (same seed, same text)")
+
+
+def decoding_settings(args, tokenizer) -> dict:
+    settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
+                    presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
+                    no_repeat_ngram_size=args.no_repeat_ngram_size, min_new_tokens=args.min_new_tokens,
+                    seed=args.seed)
+    if args.bias:
+        settings["logit_bias"] = dict(args.bias)
+    if args.ban:
+        settings["bad_words_ids"] = [tokenizer.encode(form) for w in args.ban for form in (w, " " + w)]
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def build_parser() -> Parser:
@@ -32,36 +92,75 @@ def build_parser() -> Parser:
     commands.required = True
 
     gen = commands.add_parser("generate", help="continue a prompt, streaming the text as it is produced")
-    gen.add_argument("prompt", help="the text to continue ('' starts from <|endoftext|>)")
-    gen.add_argument("--model", "-m", default="gpt2", help="model directory (config.json + model.safetensors)")
-    gen.add_argument("--max-new-tokens", "-n", type=positive_int, default=50, help="at most this many tokens (50)")
-    gen.add_argument("--temperature", "-t", type=float, default=None,
-                     help="sampling temperature; 0 or unset means greedy")
-    gen.add_argument("--seed", type=int, default=None, help="seed for sampling (same seed, same text)")
+    gen.add_argument("prompt", nargs="+", help="the text to continue ('' starts from <|endoftext|>); "
+                                                "several prompts are generated together as a batch")
+    add_model_argument(gen)
+    gen.add_argument("--max-new-tokens", type=non_negative_int, default=50, help="at most this many (50)")
+    gen.add_argument("--stop", action="append", default=[], help="stop before this text; repeatable")
+    gen.add_argument("--num-return-sequences", "--n", dest="n", type=int, default=1,
+                     help="sequences per prompt (sampling or beam search)")
+    gen.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams")
+    gen.add_argument("--length-penalty", type=float, default=1.0, help="beam score = logprob / length ** this")
+    gen.add_argument("--early-stopping", type=early_stopping, default=False, help="beam search: true|false|never")
+    gen.add_argument("--logprobs", type=non_negative_int, nargs="?", const=0, default=None, metavar="N",
+                     help="print each token's log-probability and its N most likely alternatives")
+    gen.add_argument("--truncate-prompt", action="store_true", help="keep the last tokens of a too long prompt")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
+    add_decoding_arguments(gen)
     gen.set_defaults(run=run_generate)
     return parser
 
 
 def run_generate(args) -> int:
     model = load(args.model)
-    steps = model.stream_steps(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               seed=args.seed)
+    settings = decoding_settings(args, model.tokenizer)
+    settings.update(max_new_tokens=args.max_new_tokens, stop=args.stop, n=args.n, num_beams=args.num_beams,
+                    length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                    truncate_prompt=args.truncate_prompt)
+    if args.logprobs is not None:
+        settings.update(logprobs=True, top_logprobs=args.logprobs)
     out = sys.stdout
-    if not args.no_echo:
-        out.write(args.prompt)
+    if len(args.prompt) == 1 and args.n == 1 and args.num_beams == 1:
+        stream_one(model, args.prompt[0], settings, echo=not args.no_echo)
+        return 0
+    results = model.generate(list(args.prompt), **settings)
+    for prompt, result in zip(args.prompt, results):
+        for k, completion in enumerate(result if isinstance(result, list) else [result], 1):
+            label = f"beam {k}, score {completion.score:.4f}" if args.num_beams > 1 else f"sequence {k}"
+            out.write(f"--- {prompt!r}, {label}, {completion.finish_reason} ---\n")
+            out.write(("" if args.no_echo else prompt) + completion + "\n")
+            if completion.logprobs:
+                print_logprobs(completion.logprobs)
+    return 0
+
+
+def stream_one(model, prompt: str, settings: dict, echo: bool) -> None:
+    steps = model.stream_steps(prompt, **settings)  # checks the settings before anything is printed
+    out = sys.stdout
+    if echo:
+        out.write(prompt)
         out.flush()
-    reason = None
+    reason, logprobs = None, []
     for step in steps:
         out.write(step.text)
         out.flush()
         reason = step.finish_reason
+        if step.logprob is not None and step.finish_reason != "eos":
+            logprobs.append(step.logprob)
     out.write("\n")
+    if logprobs:
+        print_logprobs(logprobs)
     out.flush()
     if reason == "context":
         print(f"npgpt: stopped: the text filled the model's context of {model.config.n_positions} tokens",
               file=sys.stderr)
-    return 0
+
+
+def print_logprobs(logprobs) -> None:
+    print(f"{'token':>16}  {'logprob':>8}  top alternatives")
+    for lp in logprobs:
+        others = "  ".join(f"{a.token!r} {a.logprob:.3f}" for a in lp.top_logprobs)
+        print(f"{lp.token!r:>16}  {lp.logprob:8.3f}  {others}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (NpgptError, OSError, ValueError, MemoryError) as e:
         if isinstance(e, BrokenPipeError):  # e.g. `npgpt generate ... | head -1`
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
             return 0
         message = str(e) or type(e).__name__
         print(f"npgpt: error: {message}", file=sys.stderr)

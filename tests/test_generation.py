@@ -104,3 +104,163 @@ def test_bad_settings_name_the_setting(micro, settings, message):
 def test_zero_new_tokens(micro):
     out = micro.generate("Hello", max_new_tokens=0)
     assert out == "" and out.finish_reason == "length"
+
+
+# ------------------------------------------------------------------------------------------ batches and samples
+
+
+def test_a_batch_of_different_lengths_equals_one_prompt_at_a_time(small):
+    model, _ = small
+    prompts = [[5, 9, 2], list(range(10, 30)), [7], [3, 1, 4, 1, 5, 9, 2, 6]]
+    batch = model.generate(prompts, max_new_tokens=12)
+    assert len(batch) == 4
+    for prompt, result in zip(prompts, batch):
+        assert result == model.generate(prompt, max_new_tokens=12)
+
+
+def test_a_batch_of_texts_gives_texts_in_order(tiny):
+    model, _ = tiny
+    prompts = ["Hello, I am", "Every effort moves you", "A"]
+    results = model.generate(prompts, max_new_tokens=6)
+    assert [type(r) for r in results] == [npgpt.Completion] * 3
+    assert results == [model.generate(p, max_new_tokens=6) for p in prompts]
+
+
+def test_rows_finish_independently(tiny):
+    model, _ = tiny
+    # with this bias towards end-of-text the rows end after 0, 10, 1 and 0 tokens
+    prompts = ["Hello, I am", "Every effort moves you", "A", "The cat sat on"]
+    settings = dict(max_new_tokens=10, logit_bias={50256: 4.5})
+    batch = model.generate(prompts, **settings)
+    assert [(len(r.ids), r.finish_reason) for r in batch] == [(0, "eos"), (10, "length"), (1, "eos"), (0, "eos")]
+    assert batch == [model.generate(p, **settings) for p in prompts]
+
+
+def test_batched_sampling_rows_equal_their_prompt_alone(micro):
+    prompts = ["Once upon", "The", "In a land far away"]
+    batch = micro.generate(prompts, max_new_tokens=8, temperature=0.9, seed=11)
+    assert batch == [micro.generate(p, max_new_tokens=8, temperature=0.9, seed=11) for p in prompts]
+
+
+def test_n_samples_per_prompt(micro):
+    results = micro.generate(["Hello", "World"], n=3, max_new_tokens=6, temperature=1.0, seed=5)
+    assert len(results) == 2 and all(len(r) == 3 for r in results)
+    assert len(set(results[0])) > 1  # different samples
+    assert micro.generate("Hello", n=3, max_new_tokens=6, temperature=1.0, seed=5) == results[0]
+    assert micro.generate("Hello", max_new_tokens=6, temperature=1.0, seed=5) == results[0][0]
+    assert micro.generate("Hello", num_return_sequences=3, max_new_tokens=6, temperature=1.0, seed=5) == results[0]
+
+
+def test_beam_search_returns_the_best_beams_with_scores(small):
+    model, expected = small
+    prompt = expected["greedy.prompt"][0]
+    beams = model.generate(prompt, num_beams=4, num_return_sequences=4, max_new_tokens=8)
+    assert len(beams) == 4
+    scores = [b.score for b in beams]
+    assert scores == sorted(scores, reverse=True)
+    # a beam's score is its log-probability under the model divided by its length (length_penalty 1)
+    ids = prompt.tolist()
+    for beam in beams:
+        logits = model(ids + list(beam))
+        logp = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
+        total = sum(logp[len(ids) - 1 + i, t] for i, t in enumerate(beam))
+        assert abs(total / len(beam) - beam.score) < 1e-4
+    greedy = model.generate(prompt, max_new_tokens=8, logprobs=True)
+    assert sum(lp.logprob for lp in greedy.logprobs) / 8 <= beams[0].score + 1e-5  # beam search finds no worse
+    assert beams[0].finish_reason == "length"
+
+
+# ------------------------------------------------------------------------------------------------ stop strings
+
+
+def test_stop_string_cuts_the_text_before_it(tiny):
+    model, _ = tiny
+    full = model.generate("Hello, I am", max_new_tokens=20)
+    stop = full[5:9]  # some text the continuation contains
+    out = model.generate("Hello, I am", max_new_tokens=20, stop=[stop, "zzzz"])
+    assert out == full[:full.index(stop)] and out.finish_reason == "stop"
+    streamed = "".join(model.stream("Hello, I am", max_new_tokens=20, stop=stop))
+    assert streamed == out
+
+
+def test_stop_strings_never_cut_a_character():
+    # the script writes "日本" then "語" token by token; a stop string inside a character cannot match
+    tok = npgpt.Tokenizer.gpt2()
+    script = tok.encode("日本語 end") + [50256]
+    out = npgpt.GPT2.generate(ScriptedModel_(script), "x", max_new_tokens=20, stop=["語"])
+    assert out == "日本" and out.finish_reason == "stop"
+    pieces = list(npgpt.GPT2.stream(ScriptedModel_(script), "x", max_new_tokens=20))
+    assert "".join(pieces) == "日本語 end"
+    assert not any("\ufffd" in p for p in pieces)  # a piece is never half a character
+
+
+def ScriptedModel_(script):  # a fresh scripted model (it counts its calls)
+    return ScriptedModel(script)
+
+
+# --------------------------------------------------------------------------------------------------- logprobs
+
+
+def test_logprobs_are_the_models_own_with_top_alternatives(small):
+    model, expected = small
+    prompt = expected["greedy.prompt"][0].tolist()
+    out = model.generate(prompt, max_new_tokens=5, logprobs=True, top_logprobs=3, temperature=0.8, seed=1)
+    assert len(out.logprobs) == 5
+    ids = prompt + list(out)
+    logits = model(ids).astype(np.float64)
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    for i, lp in enumerate(out.logprobs):
+        position = len(prompt) - 1 + i
+        assert lp.id == out[i] and abs(lp.logprob - logp[position, lp.id]) < 1e-4
+        assert [a.id for a in lp.top_logprobs] == list(np.argsort(-logp[position])[:3])
+        assert lp.top_logprobs[0].logprob >= lp.top_logprobs[1].logprob >= lp.top_logprobs[2].logprob
+
+
+# ------------------------------------------------------------------------------------------ context and errors
+
+
+def test_a_prompt_longer_than_the_context_needs_truncate_prompt(micro):
+    long = list(range(1, 41))
+    with pytest.raises(npgpt.ContextLengthError, match="truncate_prompt=True"):
+        micro.generate(long, max_new_tokens=5)
+    out = micro.generate(long, max_new_tokens=5, truncate_prompt=True)
+    assert out == micro.generate(long[-27:], max_new_tokens=5)  # room for the 5 new tokens in 32 positions
+    assert out.finish_reason == "length"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"top_p": 0.0}, "top_p must be in"),
+    ({"top_k": -3}, "top_k must be an integer >= 0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"num_beams": 0}, "num_beams must be an integer >= 1"),
+    ({"n": 2}, "n > 1 needs sampling"),
+    ({"num_beams": 2, "n": 3}, "must be <= num_beams"),
+    ({"num_beams": 2, "temperature": 0.7}, "beam search with sampling"),
+    ({"stop": [""]}, "stop must be a non-empty string"),
+    ({"early_stopping": "sometimes"}, "early_stopping must be"),
+    ({"frobnicate": 1}, "unknown setting 'frobnicate'"),
+    ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"top_logprobs": 50}, "top_logprobs must be at most 20"),
+])
+def test_bad_generation_settings_name_the_setting(micro, settings, message):
+    with pytest.raises(npgpt.SettingsError, match=message):
+        micro.generate("Hello", **settings)
+
+
+def test_streaming_takes_one_prompt(micro):
+    with pytest.raises(npgpt.SettingsError, match="streaming takes one prompt"):
+        micro.stream(["a", "b"])
+
+
+def test_next_token_distribution_is_what_generation_samples_from(small):
+    model, expected = small
+    prompt = expected["greedy.prompt"][0].tolist()
+    settings = dict(temperature=0.7, top_k=20, repetition_penalty=1.3)
+    probs = model.next_token_distribution(prompt, **settings)
+    assert probs.shape == (1000,) and abs(probs.sum() - 1) < 1e-5 and (probs > 0).sum() == 20
+    draws = [model.generate(prompt, max_new_tokens=1, seed=s, **settings)[0] for s in range(400)]
+    counts = np.bincount(draws, minlength=1000) / 400
+    assert set(np.nonzero(counts)[0]) <= set(np.nonzero(probs)[0])
+    assert np.abs(counts - probs).max() < 0.08
+    greedy = model.next_token_distribution(prompt)
+    assert greedy.argmax() == model.generate(prompt, max_new_tokens=1)[0]

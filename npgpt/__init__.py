@@ -1,7 +1,7 @@
 """npgpt: GPT-2 inference and text generation in plain NumPy.
 
     import npgpt
-    model = npgpt.load("path/to/model")           # config.json + model.safetensors
+    model = npgpt.load("gpt2")                    # downloaded once into the Hugging Face cache
     model.generate("Hello, I am", max_new_tokens=20)
 """
 
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 
+from . import hub
 from .config import PRESETS, GPT2Config
 from .errors import ConfigError, ContextLengthError, NpgptError, SettingsError, WeightsError
+from .hub import HubError
 from .generation import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
 from .tokenizer import Tokenizer
@@ -20,14 +22,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GPT2", "GPT2Config", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
-    "NpgptError", "ConfigError", "WeightsError", "ContextLengthError", "SettingsError", "__version__",
+    "NpgptError", "ConfigError", "WeightsError", "ContextLengthError", "SettingsError", "HubError", "__version__",
 ]
 
 
-def load(name_or_path: str | os.PathLike) -> GPT2:
-    """Load a GPT-2 from a directory holding config.json and model.safetensors (the official layout)."""
+def load(name_or_path: str | os.PathLike, revision: str | None = None, *, offline: bool | None = None,
+         progress: bool | None = None) -> GPT2:
+    """Load a GPT-2: a local directory (config.json + model.safetensors), a .safetensors file with its
+    config.json beside it, or a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, or org/name),
+    downloaded once into the Hugging Face cache and reused, offline too.
+
+    revision: a branch, tag or commit on the hub. offline: use the cache only (default: HF_HUB_OFFLINE).
+    progress: a progress bar on stderr for large downloads (default: when stderr is a terminal).
+    """
     path = os.fspath(name_or_path)
     if os.path.isfile(path):  # a checkpoint file: its config.json is beside it
         refuse_pickle(path)
         return GPT2.from_dir(os.path.dirname(path) or ".", weights=path)
-    return GPT2.from_dir(path)
+    if os.path.isdir(path) or not hub.looks_like_repo_id(path):
+        return GPT2.from_dir(path)
+    snapshot = hub.Hub.from_env(offline=offline, progress=progress).snapshot(path, revision)
+    return GPT2.from_dir(snapshot, name=path)

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from . import __version__, load
+from . import __version__, hub, load
 from .errors import NpgptError
 
 
@@ -49,7 +49,15 @@ early_stopping.__name__ = "true|false|never"
 
 
 def add_model_argument(parser):
-    parser.add_argument("--model", "-m", default="gpt2", help="model directory (config.json + model.safetensors)")
+    parser.add_argument("--model", "-m", default="gpt2",
+                        help="a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, org/name) or a "
+                             "directory with config.json and model.safetensors (default: gpt2)")
+    parser.add_argument("--revision", help="hub branch, tag or commit (default: main)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no download progress bar")
+
+
+def load_model(args):
+    return load(args.model, revision=args.revision, progress=False if args.quiet else None)
 
 
 def add_decoding_arguments(parser):
@@ -108,11 +116,43 @@ def build_parser() -> Parser:
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
     add_decoding_arguments(gen)
     gen.set_defaults(run=run_generate)
+
+    dl = commands.add_parser("download", help="download a model from the hub into the cache (prints its path)")
+    dl.add_argument("name", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 or org/name")
+    dl.add_argument("--revision", help="branch, tag or commit (default: main)")
+    dl.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    dl.set_defaults(run=run_download)
+
+    models = commands.add_parser("models", help="list the models in the Hugging Face cache, with their sizes")
+    models.set_defaults(run=run_models)
     return parser
 
 
+def run_download(args) -> int:
+    path = hub.Hub.from_env(progress=False if args.quiet else None).snapshot(args.name, args.revision)
+    print(path)
+    return 0
+
+
+def run_models(args) -> int:
+    client = hub.Hub.from_env()
+    cached = client.cached()
+    if not cached:
+        print(f"no models in {client.cache_dir}")
+        return 0
+    print(f"{'model':<40} {'size':>10}  revisions")
+    for m in cached:
+        names = {commit: [] for commit in m.snapshots}
+        for ref, commit in m.refs.items():
+            names.setdefault(commit, []).append(ref)
+        revisions = ", ".join(f"{'/'.join(refs) + ' ' if refs else ''}{commit[:10]}" for commit, refs in names.items())
+        print(f"{m.repo_id:<40} {m.size / 1e6:>7.1f} MB  {revisions}")
+    print(f"in {client.cache_dir}")
+    return 0
+
+
 def run_generate(args) -> int:
-    model = load(args.model)
+    model = load_model(args)
     settings = decoding_settings(args, model.tokenizer)
     settings.update(max_new_tokens=args.max_new_tokens, stop=args.stop, n=args.n, num_beams=args.num_beams,
                     length_penalty=args.length_penalty, early_stopping=args.early_stopping,

@@ -73,7 +73,8 @@ def merge_heads(x: np.ndarray) -> np.ndarray:
     return x.transpose(0, 2, 1, 3).reshape(b, t, h * d)
 
 
-def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+              allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention over all heads and the whole batch at once.
 
     q [B, H, T, D], k and v [B, H, S, D], allowed broadcastable to [B, H, T, S] (None: every key is visible).

@@ -130,19 +130,25 @@ def find_checkpoint(model_dir: str) -> list[str]:
         return [single]
     index = os.path.join(model_dir, INDEX_NAME)
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise WeightsError(f"{index}: not a valid safetensors index") from None
-        for shard in shards:
-            if os.path.basename(shard) != shard or not shard.endswith(".safetensors"):
-                raise WeightsError(f"{index}: refusing shard name {shard!r}")
-        return [os.path.join(model_dir, s) for s in shards]
+        return [os.path.join(model_dir, s) for s in shard_names(index)]
     pickles = sorted(n for n in os.listdir(model_dir) if n.lower().endswith(PICKLE_SUFFIXES))
     if pickles:
         refuse_pickle(os.path.join(model_dir, pickles[0]))
     raise WeightsError(f"{model_dir}: no {WEIGHTS_NAME} in this directory")
+
+
+def shard_names(index_path: str) -> list[str]:
+    """The shard files a model.safetensors.index.json lists (plain file names in its directory)."""
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise WeightsError(f"{index_path}: not a valid safetensors index") from None
+    for shard in shards:
+        if not isinstance(shard, str) or os.path.basename(shard) != shard or not shard.endswith(".safetensors") \
+                or shard.startswith("."):
+            raise WeightsError(f"{index_path}: refusing shard name {shard!r}")
+    return shards
 
 
 def load_weights(files: str | list[str], config: GPT2Config) -> dict[str, np.ndarray]:

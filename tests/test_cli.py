@@ -36,8 +36,8 @@ def test_generate_with_sampling_is_reproducible(micro_dir):
 
 
 def test_generate_streams_before_it_finishes(micro_dir):
-    proc = subprocess.Popen([sys.executable, "-m", "npgpt", "generate", "Hi", "--model", micro_dir, "--max-new-tokens", "20000",
-                             "--no-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-m", "npgpt", "generate", "Hi", "--model", micro_dir,
+                             "--max-new-tokens", "20000", "--no-echo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         first = proc.stdout.read(1)  # arrives while the model is still generating
         assert first

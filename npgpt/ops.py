@@ -19,21 +19,42 @@ MASKED = float(np.finfo(np.float32).min)
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, tanh approximation (GPT-2's "gelu_new"). [...] -> [...]"""
-    return 0.5 * x * (1.0 + np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3)))
+    """GELU, tanh approximation (GPT-2's "gelu_new"). [...] -> [...]
+
+        gelu(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
+
+    evaluated step by step in a single temporary array: the MLP's activations are the largest array of a
+    prefill ([T, 4C]), and each extra temporary costs a pass over memory.
+    """
+    y = x * x
+    y *= 0.044715
+    y += 1.0
+    y *= x  # x (1 + 0.044715 x^2) = x + 0.044715 x^3
+    y *= SQRT_2_OVER_PI
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Normalise the last axis to mean 0 and variance 1, then scale and shift. [..., C] -> [..., C]"""
-    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
-    var = x.var(axis=-1, keepdims=True)  # [..., 1] (biased, as PyTorch's LayerNorm)
-    return (x - mean) / np.sqrt(var + eps) * weight + bias
+    n = x.shape[-1]
+    centred = x - x.sum(axis=-1, keepdims=True) / n  # [..., C], x - mean(x)
+    var = np.square(centred).sum(axis=-1, keepdims=True) / n  # [..., 1] (biased, as PyTorch's LayerNorm)
+    centred /= np.sqrt(var + eps)
+    return centred * weight + bias
 
 
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Numerically stable softmax: subtracting the maximum changes nothing mathematically and keeps exp finite."""
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:
+    """Numerically stable softmax: subtracting the maximum changes nothing mathematically and keeps exp finite.
+
+    out=x computes it in place (attention does, on its scores)."""
+    out = np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+    np.exp(out, out=out)
+    out /= out.sum(axis=axis, keepdims=True)
+    return out
 
 
 def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -77,12 +98,48 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray,
               allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scaled dot-product attention over all heads and the whole batch at once.
 
+        softmax(q k^T / sqrt(D) + mask) v
+
     q [B, H, T, D], k and v [B, H, S, D], allowed broadcastable to [B, H, T, S] (None: every key is visible).
     Returns (output [B, H, T, D], probabilities [B, H, T, S]).
     """
-    scores = q @ k.swapaxes(-1, -2)  # [B, H, T, S]
-    scores *= 1.0 / math.sqrt(q.shape[-1])
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, H, T, S]; scaling q is cheaper
     if allowed is not None:
-        scores = np.where(allowed, scores, MASKED)
-    probs = softmax(scores)  # [B, H, T, S], each row sums to 1
+        np.copyto(scores, MASKED, where=~allowed)
+    probs = softmax(scores, out=scores)  # [B, H, T, S], each row sums to 1
     return probs @ v, probs  # [B, H, T, D]
+
+
+def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, keys_allowed: np.ndarray | None = None,
+                     need_probs: bool = True, block: int = 128) -> tuple[np.ndarray, np.ndarray | None]:
+    """Causal self-attention of the last T of S positions: query i sees keys 0 .. S - T + i, and of those only
+    the ones `keys_allowed` [B, 1, 1, S] keeps (None: all; left padding is not).
+
+    A long input is taken in blocks of `block` queries, and each block is given only the keys its last query
+    can see: the keys no query of the block may see are never multiplied nor exponentiated (for a 512-token
+    prompt, 3/8 of the work). q [B, H, T, D], k and v [B, H, S, D] -> output [B, H, T, D] and, if
+    need_probs, the probabilities [B, H, T, S] (zero above the diagonal).
+    """
+    t, s = q.shape[2], k.shape[2]
+    past = s - t
+    if t <= block:
+        return attention(q, k, v, visible(t, past, keys_allowed))
+    out = np.empty(q.shape, dtype=np.float32)  # [B, H, T, D]
+    probs = np.zeros(q.shape[:3] + (s,), dtype=np.float32) if need_probs else None  # [B, H, T, S]
+    for start in range(0, t, block):
+        stop = min(start + block, t)
+        seen = past + stop  # the block's last query sees keys [0, seen)
+        out[:, :, start:stop], p = attention(q[:, :, start:stop], k[:, :, :seen], v[:, :, :seen],
+                                             visible(stop - start, past + start, keys_allowed))
+        if need_probs:
+            probs[:, :, start:stop, :seen] = p
+    return out, probs
+
+
+def visible(n: int, past: int, keys_allowed: np.ndarray | None) -> np.ndarray | None:
+    """Which of the past + n keys each of n consecutive queries may see: [..., n, past + n], None for all."""
+    mask = None if n == 1 else causal_allowed(n, past)  # a single query sees all of its past
+    if keys_allowed is None:
+        return mask
+    keys = keys_allowed[..., :past + n]
+    return keys if mask is None else mask & keys

@@ -18,7 +18,7 @@ def test_gelu_is_the_tanh_approximation():
     want = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.tolist()]
     np.testing.assert_allclose(ops.gelu(x), want, rtol=1e-6, atol=1e-6)  # float32, as PyTorch computes it
     assert ops.gelu(x).dtype == np.float32
-    assert ops.gelu(np.float32(0.0)) == 0.0
+    assert ops.gelu(np.zeros(3, np.float32)).tolist() == [0.0, 0.0, 0.0]
 
 
 def test_layer_norm_normalises_the_last_axis():
@@ -101,3 +101,21 @@ def test_linear_uses_the_conv1d_layout():
     w = rng.normal(size=(4, 6)).astype(np.float32)  # [in, out]
     b = rng.normal(size=6).astype(np.float32)
     np.testing.assert_allclose(ops.linear(x, w, b), np.einsum("bti,io->bto", x, w) + b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("t, past", [(1, 0), (1, 37), (100, 0), (300, 0), (300, 50), (257, 3)])
+def test_causal_attention_in_blocks_equals_the_masked_whole(t, past):
+    b, h, d = 2, 3, 8
+    q = rng.normal(size=(b, h, t, d)).astype(np.float32)
+    k = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
+    v = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
+    keys = np.ones((b, 1, 1, past + t), bool)
+    keys[1, ..., :5] = False  # row 1 is left-padded
+    want_out, want_probs = ops.attention(q, k, v, ops.causal_allowed(t, past) & keys)
+    out, probs = ops.causal_attention(q, k, v, keys, block=64)
+    np.testing.assert_allclose(out[:, :, 5:], want_out[:, :, 5:], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(probs[:, :, 5:], want_probs[:, :, 5:], rtol=1e-5, atol=1e-6)
+    assert (probs[0][..., ~ops.causal_allowed(t, past)] == 0).all()  # nothing above the diagonal (row 0: no padding)
+    out_only, none = ops.causal_attention(q, k, v, keys, need_probs=False, block=64)
+    np.testing.assert_array_equal(out_only, out)
+    assert none is None or t <= 64

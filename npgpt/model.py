@@ -197,19 +197,23 @@ class GPT2:
         if cache is not None and (cache.batch_size != b or past + t > cache.capacity):
             raise ValueError(f"cache holds {cache.batch_size} rows and {cache.capacity} positions; "
                              f"got {b} rows reaching position {past + t}")
-        allowed, positions = self._mask_and_positions(b, t, past, attention_mask, position_ids)
+        keys_allowed, positions = self._keys_and_positions(b, t, past, attention_mask, position_ids)
         if positions.min() < 0:
             raise ValueError("position_ids must be >= 0")
         if positions.max() >= self.config.n_positions:
             raise ContextLengthError(f"{positions.max() + 1} positions do not fit in the model's context of "
                                      f"{self.config.n_positions} tokens; shorten the input")
 
+        # When only the last position's logits are wanted, the last block needs every position's keys and
+        # values (for the cache) but only the last position's query, attention output and MLP.
+        trim_last = last_only and not (output_hidden_states or output_attentions)
         x = self.wte[ids] + self.wpe[positions]  # [B, T, C]
         hidden, attentions = [x], []
         for i, block in enumerate(self.blocks):
-            x, probs = self._block(x, block, allowed, cache, i)  # [B, T, C], [B, H, T, S]
-            hidden.append(x)
-            attentions.append(probs)
+            last_query_only = trim_last and i == len(self.blocks) - 1
+            x, probs = self._block(x, block, keys_allowed, cache, i, output_attentions, last_query_only)
+            hidden.append(x)  # [B, T, C]
+            attentions.append(probs)  # [B, H, T, S]
         if cache is not None:
             cache.length += t
 
@@ -221,15 +225,19 @@ class GPT2:
         return Output(logits, hidden if output_hidden_states else None,
                       attentions if output_attentions else None)
 
-    def _block(self, x, p: Block, allowed, cache, layer):
-        """One transformer block (pre-LayerNorm, as GPT-2). x [B, T, C] -> [B, T, C]"""
+    def _block(self, x, p: Block, keys_allowed, cache, layer, need_probs, last_query_only=False):
+        """One transformer block (pre-LayerNorm, as GPT-2). x [B, T, C] -> [B, T, C] ([B, 1, C] if
+        last_query_only: every position is attended to, but only the last one attends and goes on)."""
         eps = self.config.layer_norm_epsilon
         h = ops.layer_norm(x, p.ln_1.weight, p.ln_1.bias, eps)  # [B, T, C]
         qkv = ops.linear(h, p.c_attn.weight, p.c_attn.bias)  # [B, T, 3C]
-        q, k, v = (ops.split_heads(a, self.config.n_head) for a in np.split(qkv, 3, axis=-1))  # [B, H, T, D]
+        c, n_head = self.config.n_embd, self.config.n_head
+        q, k, v = (ops.split_heads(qkv[..., i * c:(i + 1) * c], n_head) for i in range(3))  # [B, H, T, D]
         if cache is not None:
             k, v = cache.update(layer, k, v)  # [B, H, S, D], S = past + T
-        a, probs = ops.attention(q, k, v, allowed)  # [B, H, T, D], [B, H, T, S]
+        if last_query_only:
+            q, x = q[:, :, -1:], x[:, -1:]  # [B, H, 1, D], [B, 1, C]
+        a, probs = ops.causal_attention(q, k, v, keys_allowed, need_probs)  # [B, H, T, D], [B, H, T, S]
         x = x + ops.linear(ops.merge_heads(a), p.attn_proj.weight, p.attn_proj.bias)  # [B, T, C]
         h = ops.layer_norm(x, p.ln_2.weight, p.ln_2.bias, eps)  # [B, T, C]
         h = ops.gelu(ops.linear(h, p.c_fc.weight, p.c_fc.bias))  # [B, T, 4C]
@@ -248,21 +256,18 @@ class GPT2:
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         return ids
 
-    def _mask_and_positions(self, b, t, past, attention_mask, position_ids):
-        """Which keys each query may see ([B or 1, 1, T, S] bool, None = all) and the positions [B or 1, T]."""
-        s = past + t
-        causal = None if t == 1 else ops.causal_allowed(t, past)[None, None]  # [1, 1, T, S]
+    def _keys_and_positions(self, b, t, past, attention_mask, position_ids):
+        """Which keys are tokens rather than padding ([B, 1, 1, S] bool, None = all) and the positions [B or 1, T]."""
         if attention_mask is None:
-            positions = np.arange(past, s)[None] if position_ids is None else np.asarray(position_ids)
-            return causal, positions
+            positions = np.arange(past, past + t)[None] if position_ids is None else np.asarray(position_ids)
+            return None, positions
         mask = np.asarray(attention_mask).astype(bool)
-        if mask.shape != (b, s):
-            raise ValueError(f"attention_mask must have shape [B, past + T] = [{b}, {s}], got {list(mask.shape)}")
-        keys = mask[:, None, None, :]  # [B, 1, 1, S]
-        allowed = keys if causal is None else causal & keys
+        if mask.shape != (b, past + t):
+            raise ValueError(f"attention_mask must have shape [B, past + T] = [{b}, {past + t}], "
+                             f"got {list(mask.shape)}")
         if position_ids is None:
             position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, past:]  # [B, T] counting real tokens
-        return allowed, np.asarray(position_ids)
+        return (None if mask.all() else mask[:, None, None, :]), np.asarray(position_ids)
 
     # ---------------------------------------------------------------------------------------------- generation
 

@@ -93,7 +93,7 @@ def test_the_cache_refuses_to_overflow(micro):
 def test_last_only_matches_the_last_position(small):
     model, expected = small
     ids = expected["single.ids"]
-    assert max_abs(model.forward(ids, last_only=True).logits[:, 0], model(ids)[:, -1]) <= 1e-6
+    assert max_abs(model.forward(ids, last_only=True).logits[:, 0], model(ids)[:, -1]) <= 1e-5  # GEMV vs GEMM
 
 
 def test_attention_maps_are_causal_probabilities(small):

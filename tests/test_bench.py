@@ -1,0 +1,18 @@
+"""A smoke test of tools/bench.py (the speed targets are the script's to report, never a test's)."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench.py"), "--quick", "--dir",
+                           str(tmp_path / "quick")], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for row in ("decode batch 1 (tokens/s)", "prefill 64 tokens (tokens/s)", "ms per token at position ~892",
+                "cold start to first token (s)", "peak RSS (MB)", "floor:", "x the floor"):
+        assert row in out, row
+    assert os.path.isfile(tmp_path / "quick" / "model.safetensors")

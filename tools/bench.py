@@ -1,0 +1,303 @@
+"""npgpt against transformers on the same randomly initialised checkpoint, measured side by side in one run.
+
+    python tools/bench.py                 # GPT-2 124M, medians of 3 runs
+    python tools/bench.py --size gpt2-medium --runs 5
+    python tools/bench.py --quick         # a tiny model, one run: a smoke test of this script
+
+Measures decode tokens/s at batch 1 (16-token prompt, 128 new tokens, greedy) and at batch 8, prefill tokens/s
+for a 512-token prompt, the time per token at position ~20 and ~900, whole-process cold start to the first
+generated token (a fresh python each time, weights already on disk) and peak RSS. Also the floor: the bytes
+of weights a decoded token must read, over the GEMV bandwidth measured here on the model's own matrices.
+transformers is measured when it is installed (the `golden` extra); both use every core, float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import npgpt  # noqa: E402
+
+PROMPT, NEW_TOKENS, BATCH, PREFILL, NEAR, FAR, STEPS = 16, 128, 8, 512, 16, 890, 20
+QUICK = dict(PROMPT=8, NEW_TOKENS=8, BATCH=4, PREFILL=64, NEAR=16, FAR=890, STEPS=4)
+
+
+def median_time(fn, runs: int) -> float:
+    fn()  # warm up: page the weights in, let BLAS start its threads
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved(functions: dict, runs: int) -> dict:
+    """Median seconds of each function, run in turn (a, b, a, b, ...) so that all see the machine in the same
+    state: on a shared machine the speed drifts, and measuring one library after the other would bias the
+    ratio. A pause before each run lets the other library's worker threads stop spinning."""
+    times = {name: [] for name in functions}
+    for f in functions.values():
+        f()  # warm up: page the weights in, start the thread pools
+    for _ in range(runs):
+        for name, f in functions.items():
+            time.sleep(0.2)
+            start = time.perf_counter()
+            f()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def prompts(batch: int, length: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 50000, size=(batch, length))
+
+
+# ---------------------------------------------------------------------------------------------------- the runners
+
+
+class Npgpt:
+    name = "npgpt"
+
+    def __init__(self, model_dir: str):
+        self.model = npgpt.load(model_dir)
+
+    def decode(self, batch: int) -> None:
+        ids = prompts(batch, PROMPT).tolist()
+        self.model.generate(ids if batch > 1 else ids[0], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+
+    def prefill(self) -> None:
+        self.model.forward(prompts(1, PREFILL), self.model.new_cache(1, PREFILL), last_only=True)
+
+    def steps_at(self, position: int):
+        """A cache filled to `position`; then a function that decodes STEPS more tokens one by one."""
+        cache = self.model.new_cache(1, position + STEPS + 1)
+        self.model.forward(prompts(1, position), cache, last_only=True)
+
+        def run():
+            cache.length = position
+            for i in range(STEPS):
+                self.model.forward(np.array([[100 + i]]), cache, last_only=True)
+        return run
+
+
+class Transformers:
+    name = "transformers"
+
+    def __init__(self, model_dir: str):
+        import torch
+        from transformers import GPT2LMHeadModel
+        from transformers.utils import logging
+
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+        self.torch = torch
+        self.model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.model.generation_config.pad_token_id = 0
+
+    def decode(self, batch: int) -> None:
+        ids = self.torch.as_tensor(prompts(batch, PROMPT))
+        with self.torch.inference_mode():
+            self.model.generate(ids, attention_mask=self.torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
+                                min_new_tokens=NEW_TOKENS, do_sample=False)
+
+    def prefill(self) -> None:
+        with self.torch.inference_mode():
+            self.model(self.torch.as_tensor(prompts(1, PREFILL)), use_cache=True, logits_to_keep=1)
+
+    def steps_at(self, position: int):
+        from transformers import DynamicCache
+
+        torch = self.torch
+        with torch.inference_mode():
+            past = self.model(torch.as_tensor(prompts(1, position)), use_cache=True, logits_to_keep=1).past_key_values
+
+        def run():
+            cache = DynamicCache()
+            for layer in range(len(past.layers)):
+                cache.update(past.layers[layer].keys.clone(), past.layers[layer].values.clone(), layer)
+            with torch.inference_mode():
+                for i in range(STEPS):
+                    cache = self.model(torch.tensor([[100 + i]]), past_key_values=cache, use_cache=True,
+                                       logits_to_keep=1).past_key_values
+        return run
+
+
+# ---------------------------------------------------------------------------------------------- fresh processes
+
+COLD = {
+    "npgpt": "import npgpt; m = npgpt.load({dir!r}); m.generate({ids}, max_new_tokens=1)",
+    "transformers": ("import torch; from transformers import GPT2LMHeadModel; "
+                     "m = GPT2LMHeadModel.from_pretrained({dir!r}); "
+                     "m.generate(torch.tensor([{ids}]), max_new_tokens=1, do_sample=False, pad_token_id=0)"),
+}
+RSS = {
+    "npgpt": "import npgpt; m = npgpt.load({dir!r}); m.generate({ids}, max_new_tokens={n}, min_new_tokens={n})",
+    "transformers": ("import torch; from transformers import GPT2LMHeadModel; "
+                     "m = GPT2LMHeadModel.from_pretrained({dir!r}).eval(); torch.inference_mode().__enter__(); "
+                     "m.generate(torch.tensor([{ids}]), max_new_tokens={n}, min_new_tokens={n}, do_sample=False, "
+                     "pad_token_id=0)"),
+}
+
+
+PEAK_RSS = ("; import re; print(int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)))")
+
+
+def run_child(code: str) -> tuple[float, float]:
+    """Wall time of a fresh python running `code`, and its peak resident memory in MB (VmHWM: unlike
+    ru_maxrss, it does not carry over the peak of the process that started it)."""
+    code += PEAK_RSS
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_OFFLINE": "1", "PYTHONPATH": ROOT}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    elapsed = time.perf_counter() - start
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return elapsed, int(done.stdout.strip().splitlines()[-1]) / 1024  # kB -> MB
+
+
+# ----------------------------------------------------------------------------------------------------- the floor
+
+
+def gemv_floor(model: npgpt.GPT2):
+    """(bytes of weights one decoded token reads, a function reading them with BLAS matrix-vector products).
+
+    The same matrices as a decode step (every block's four projections and the tied output head), one
+    vector each, nothing else: the time no implementation on this machine can beat by much."""
+    matrices = [w for b in model.blocks for w in (b.c_attn.weight, b.attn_proj.weight, b.c_fc.weight,
+                                                  b.mlp_proj.weight)]
+    head = model.lm_head.T
+    vectors = [np.ones((1, w.shape[0]), np.float32) for w in matrices] + [np.ones((1, head.shape[0]), np.float32)]
+
+    def products():
+        for x, w in zip(vectors, matrices + [head]):
+            x @ w
+    return sum(w.nbytes for w in matrices) + head.nbytes, products
+
+
+def float16_probe() -> tuple[float, float]:
+    """ms to convert one 768 x 3072 float16 matrix to float32, and ms to multiply a vector by it in float32."""
+    w32 = np.random.default_rng(0).standard_normal((768, 3072)).astype(np.float32)
+    w16, x = w32.astype(np.float16), np.ones((1, 768), np.float32)
+    return median_time(lambda: w16.astype(np.float32), 5) * 1e3, median_time(lambda: x @ w32, 20) * 1e3
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def checkpoint(size: str, quick: bool, directory: str | None) -> str:
+    name = "quick" if quick else size
+    path = directory or os.path.join(tempfile.gettempdir(), "npgpt-bench", f"{name}-random")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        config = npgpt.GPT2Config(n_layer=2, n_head=2, n_embd=64) if quick else npgpt.GPT2Config.preset(size)
+        print(f"writing a random {name} checkpoint (official layout) to {path}", file=sys.stderr)
+        npgpt.GPT2.random(config, seed=0).save(path)
+    return path
+
+
+def measure(runners: list, floor, runs: int) -> dict:
+    """Every in-process measurement, the implementations (and the GEMV floor) interleaved run by run."""
+    results = {r.name: {} for r in runners}
+
+    def each(key, make, scale):
+        seconds = interleaved({r.name: make(r) for r in runners}, runs)
+        for name, value in seconds.items():
+            results[name][key] = scale(value)
+
+    seconds = interleaved({**{r.name: (lambda r=r: r.decode(1)) for r in runners}, "floor": floor}, runs)
+    for r in runners:
+        results[r.name]["decode_b1"] = NEW_TOKENS / seconds[r.name]
+    results["floor"] = seconds["floor"]
+    each(f"decode_b{BATCH}", lambda r: lambda: r.decode(BATCH), lambda t: BATCH * NEW_TOKENS / t)
+    each("prefill", lambda r: r.prefill, lambda t: PREFILL / t)
+    each("ms_near", lambda r: r.steps_at(NEAR), lambda t: t / STEPS * 1e3)
+    each("ms_far", lambda r: r.steps_at(FAR), lambda t: t / STEPS * 1e3)
+    return results
+
+
+def fresh_processes(names: list[str], model_dir: str, runs: int, results: dict) -> None:
+    """Cold start (median of `runs`) and peak RSS, each in a new python, the implementations in turn."""
+    ids = prompts(1, PROMPT)[0].tolist()
+    cold = {name: [] for name in names}
+    for _ in range(runs):
+        for name in names:
+            cold[name].append(run_child(COLD[name].format(dir=model_dir, ids=ids))[0])
+    for name in names:
+        results[name]["cold"] = statistics.median(cold[name])
+        results[name]["rss"] = run_child(RSS[name].format(dir=model_dir, ids=ids, n=NEW_TOKENS))[1]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="gpt2", choices=list(npgpt.PRESETS), help="model size (gpt2 = 124M)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are reported")
+    parser.add_argument("--quick", action="store_true", help="a tiny model and one run: a smoke test")
+    parser.add_argument("--no-transformers", action="store_true", help="measure npgpt alone")
+    parser.add_argument("--dir", help="where the random checkpoint is kept (default: a temp directory)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        globals().update(QUICK)
+        args.runs = 1
+    model_dir = checkpoint(args.size, args.quick, args.dir)
+    runners = [Npgpt]
+    if not args.no_transformers:
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+            runners.append(Transformers)
+        except ImportError:
+            print("transformers is not installed: measuring npgpt alone (pip install -e '.[golden]')",
+                  file=sys.stderr)
+
+    runners = [runner_class(model_dir) for runner_class in runners]
+    names = [r.name for r in runners]
+    config = runners[0].model.config
+    floor_bytes, floor = gemv_floor(runners[0].model)
+    results = measure(runners, floor, args.runs)
+    del runners
+    fresh_processes(names, model_dir, args.runs, results)
+
+    rows = [
+        ("decode batch 1 (tokens/s)", "decode_b1", "higher"),
+        (f"decode batch {BATCH} (tokens/s)", f"decode_b{BATCH}", "higher"),
+        (f"prefill {PREFILL} tokens (tokens/s)", "prefill", "higher"),
+        (f"ms per token at position ~{NEAR + STEPS // 2}", "ms_near", "lower"),
+        (f"ms per token at position ~{FAR + STEPS // 2}", "ms_far", "lower"),
+        ("cold start to first token (s)", "cold", "lower"),
+        ("peak RSS (MB)", "rss", "lower"),
+    ]
+    print(f"\nGPT-2 {config.n_layer} layers x {config.n_embd} ({config.parameter_count() / 1e6:.0f}M parameters, "
+          f"random weights, float32), {os.cpu_count()} cores, medians of {args.runs} interleaved run(s)\n")
+    header = f"{'':38}" + "".join(f"{n:>14}" for n in names) + ("   npgpt / transformers" if len(names) > 1 else "")
+    print(header)
+    for label, key, better in rows:
+        line = f"{label:38}" + "".join(f"{results[n][key]:>14.2f}" for n in names)
+        if len(names) > 1:
+            ratio = results["npgpt"][key] / results["transformers"][key]
+            line += f"   {ratio:6.2f}x ({better} is better)"
+        print(line)
+    for n in names:
+        print(f"{'position ~900 / ~20 (' + n + ')':38}{results[n]['ms_far'] / results[n]['ms_near']:>14.2f}")
+    per_token = 1e3 / results["npgpt"]["decode_b1"]
+    floor_seconds = results["floor"]
+    floor_ms = floor_seconds * 1e3
+    print(f"\nfloor: {floor_bytes / 1e6:.0f} MB of weights per decoded token / {floor_bytes / floor_seconds / 1e9:.1f} "
+          f"GB/s (GEMV over the model's matrices, measured here) = {floor_ms:.1f} ms per token")
+    print(f"npgpt decode batch 1: {per_token:.1f} ms per token = {per_token / floor_ms:.2f}x the floor")
+    convert, multiply = float16_probe()
+    print(f"float16 weight store: converting a 768x3072 float16 matrix to float32 takes {convert:.2f} ms, "
+          f"multiplying a vector by it in float32 {multiply:.3f} ms: NumPy has no fast float16 path, so a "
+          f"float16 store would halve the memory but not pay for itself in speed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,10 @@ import argparse
 import os
 import sys
 
-from . import __version__, hub, load
+import numpy as np
+
+from . import __version__, hub, load, plots, study, views
+from .config import PRESETS, GPT2Config
 from .errors import NpgptError
 
 
@@ -125,7 +128,224 @@ def build_parser() -> Parser:
 
     models = commands.add_parser("models", help="list the models in the Hugging Face cache, with their sizes")
     models.set_defaults(run=run_models)
+
+    add_study_commands(commands)
     return parser
+
+
+# ------------------------------------------------------------------------------------------- study commands
+
+
+def add_plot_argument(parser):
+    parser.add_argument("--plot", metavar="FILE.png", help="also write a figure (needs matplotlib: "
+                                                          "pip install 'npgpt[plot]')")
+
+
+def add_study_commands(commands):
+    c = commands.add_parser("topk", help="the most likely next tokens, with their probabilities")
+    c.add_argument("prompt")
+    c.add_argument("-k", type=int, default=10, help="how many candidates (10)")
+    add_model_argument(c)
+    add_decoding_arguments(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_topk)
+
+    c = commands.add_parser("trace", help="generate step by step: the text, the choice, its runners-up")
+    c.add_argument("prompt")
+    c.add_argument("-n", "--steps", type=non_negative_int, default=10, help="steps (10)")
+    c.add_argument("--alternatives", type=non_negative_int, default=3, help="runners-up shown per step (3)")
+    add_model_argument(c)
+    add_decoding_arguments(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_trace)
+
+    c = commands.add_parser("attention", help="one attention head's probabilities over the prompt's tokens")
+    c.add_argument("prompt")
+    c.add_argument("--layer", type=int, default=0, help="layer, from 0 (0)")
+    c.add_argument("--head", type=int, default=0, help="head, from 0 (0)")
+    c.add_argument("--values", action="store_true", help="print the numbers instead of shades")
+    add_model_argument(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_attention)
+
+    c = commands.add_parser("mask", help="the causal attention mask: 0 on and below the diagonal, -inf above")
+    c.add_argument("n", type=int, help="sequence length")
+    add_plot_argument(c)
+    c.set_defaults(run=run_mask)
+
+    c = commands.add_parser("inspect", help="the architecture as a tree with shapes and parameter counts")
+    c.add_argument("model", nargs="?", default="gpt2", help="a hub name or a model directory (gpt2); a preset "
+                                                          "that is not cached is shown from its configuration")
+    c.add_argument("--revision", help="hub branch, tag or commit")
+    c.add_argument("--quiet", "-q", action="store_true", help="no download progress bar")
+    add_plot_argument(c)
+    c.set_defaults(run=run_inspect)
+
+    c = commands.add_parser("temperature", help="how temperature reshapes the top of the distribution")
+    c.add_argument("prompt")
+    c.add_argument("--t", type=float, nargs="+", default=[0.1, 0.7, 1.5], metavar="T", help="temperatures")
+    c.add_argument("--top", type=int, default=20, help="tokens shown (20)")
+    add_model_argument(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_temperature)
+
+    c = commands.add_parser("compare", help="greedy, temperature, top-k and top-p continuations side by side")
+    c.add_argument("prompt")
+    c.add_argument("--max-new-tokens", type=non_negative_int, default=30, help="tokens per continuation (30)")
+    c.add_argument("--seed", type=int, default=0, help="the seed every sampled row uses (0)")
+    add_model_argument(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_compare)
+
+    c = commands.add_parser("score", help="perplexity of a text file, with a sliding window")
+    c.add_argument("file", help="a UTF-8 text file ('-' reads standard input)")
+    c.add_argument("--window", type=int, help="tokens per window (the model's context)")
+    c.add_argument("--stride", type=int, help="tokens between window starts (half a window)")
+    add_model_argument(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_score)
+
+    c = commands.add_parser("hidden", help="the hidden states of every layer")
+    c.add_argument("prompt")
+    c.add_argument("--out", metavar="FILE.npz", help="save them (hidden_states [L+1, T, C], ids, tokens)")
+    add_model_argument(c)
+    add_plot_argument(c)
+    c.set_defaults(run=run_hidden)
+
+
+def check_plot(args):
+    """Fail before any work when a figure is asked for and matplotlib is missing."""
+    if getattr(args, "plot", None):
+        plots._pyplot()
+
+
+def wrote(path: str) -> None:
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def run_topk(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    settings = decoding_settings(args, model.tokenizer)
+    settings.pop("seed", None)
+    cands = study.top_k(model, args.prompt, k=args.k, **settings)
+    rules = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("presence_penalty", "frequency_penalty",
+                                                                          "no_repeat_ngram_size", "min_new_tokens")
+                      or v)
+    title = f"next token after {args.prompt!r}" + (f" ({rules})" if rules else "")
+    print(views.candidates(cands, title))
+    if args.plot:
+        wrote(plots.candidates(cands, title, args.plot))
+    return 0
+
+
+def run_trace(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    settings = decoding_settings(args, model.tokenizer)
+    steps = study.trace(model, args.prompt, steps=args.steps, alternatives=args.alternatives, **settings)
+    print(views.trace(steps, args.prompt))
+    if args.plot:
+        wrote(plots.trace(steps, args.prompt, args.plot))
+    return 0
+
+
+def run_attention(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    tokens, probs = study.attention_map(model, args.prompt, args.layer, args.head)
+    print(views.attention(tokens, probs, args.layer, args.head, values=args.values))
+    if args.plot:
+        wrote(plots.attention(tokens, probs, args.layer, args.head, args.plot))
+    return 0
+
+
+def run_mask(args) -> int:
+    check_plot(args)
+    m = study.causal_mask(args.n)
+    print(views.mask(m))
+    if args.plot:
+        wrote(plots.mask(m, args.plot))
+    return 0
+
+
+def run_inspect(args) -> int:
+    check_plot(args)
+    subject = inspect_subject(args)
+    part = study.architecture(subject)
+    if isinstance(subject, GPT2Config):
+        print(f"{args.model}: not cached, shown from its preset configuration (npgpt download {args.model} "
+              "fetches the checkpoint)")
+    print(views.tree(part))
+    if args.plot:
+        wrote(plots.architecture(part, args.plot))
+    return 0
+
+
+def inspect_subject(args):
+    """A loaded model (its checkpoint's tensors are counted), or a preset's configuration when that preset
+    is not in the cache (nothing is downloaded just to draw the tree)."""
+    if args.model in PRESETS and not os.path.exists(args.model):
+        try:
+            path = hub.Hub.from_env(offline=True).snapshot(args.model, args.revision)
+        except hub.HubError:
+            return GPT2Config.preset(args.model)
+        return load(path)
+    return load(args.model, revision=args.revision, progress=False if args.quiet else None)
+
+
+def run_temperature(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    base, table = study.temperature_table(model, args.prompt, args.t, top=args.top)
+    print(f"after {args.prompt!r}")
+    print(views.temperatures(base, table))
+    if args.plot:
+        wrote(plots.temperatures(base, table, args.plot))
+    return 0
+
+
+def run_compare(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    rows = study.compare(model, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    print(views.compare(rows, args.prompt))
+    if args.plot:
+        wrote(plots.compare(rows, args.prompt, args.plot))
+    return 0
+
+
+def run_score(args) -> int:
+    check_plot(args)
+    try:
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            with open(args.file, encoding="utf-8") as f:
+                text = f.read()
+    except FileNotFoundError:
+        raise NpgptError(f"{args.file}: no such file") from None
+    except UnicodeDecodeError:
+        raise NpgptError(f"{args.file}: not UTF-8 text") from None
+    model = load_model(args)
+    score = study.perplexity(model, text, window=args.window, stride=args.stride)
+    print(views.score(score, args.file))
+    if args.plot:
+        wrote(plots.score(score, model.tokenizer.encode(text), args.plot))
+    return 0
+
+
+def run_hidden(args) -> int:
+    check_plot(args)
+    model = load_model(args)
+    tokens, ids, states = study.hidden_states(model, args.prompt)
+    print(views.hidden(tokens, states))
+    if args.out:
+        np.savez(args.out, hidden_states=states, ids=np.array(ids), tokens=np.array(tokens))
+        wrote(args.out if args.out.endswith(".npz") else args.out + ".npz")
+    if args.plot:
+        wrote(plots.hidden(tokens, states, args.plot))
+    return 0
 
 
 def run_download(args) -> int:

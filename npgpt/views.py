@@ -1,0 +1,135 @@
+"""Plain-text views of the study experiments (npgpt.study) for a terminal: tables, bars, shaded matrices, trees."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SHADES = " ░▒▓█"  # attention 0, then up to 0.25, 0.5, 0.75, 1
+EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(fraction: float, width: int = 30) -> str:
+    """A horizontal bar `fraction` (0..1) of `width` characters long, to an eighth of a character."""
+    eighths = int(round(max(0.0, min(1.0, fraction)) * width * 8))
+    full, rest = divmod(eighths, 8)
+    return "█" * full + (EIGHTHS[rest] if rest else "")
+
+
+def token(text: str) -> str:
+    """A token shown unambiguously: its repr, so spaces and newlines are visible."""
+    return repr(text)
+
+
+def candidates(cands, title: str) -> str:
+    width = max(len(token(c.token)) for c in cands)
+    top = max(c.probability for c in cands) or 1.0
+    lines = [title, f"{'#':>3}  {'token':<{width}}  {'id':>6}  {'probability':>11}"]
+    for rank, c in enumerate(cands, 1):
+        lines.append(f"{rank:>3}  {token(c.token):<{width}}  {c.id:>6}  {c.probability:>11.4%}  "
+                     f"{bar(c.probability / top)}")
+    return "\n".join(lines)
+
+
+def trace(steps, prompt: str) -> str:
+    lines = [f"Prompt: {prompt!r}", ""]
+    for s in steps:
+        others = ", ".join(f"{token(c.token)} {c.probability:.1%}" for c in s.runners_up)
+        lines.append(f"Step {s.step}: {s.text!r}")
+        lines.append(f"    logits {list(s.logits_shape)}  chose {token(s.chosen.token)} (id {s.chosen.id}, "
+                     f"p={s.chosen.probability:.1%})  runners-up: {others}")
+    return "\n".join(lines)
+
+
+def attention(tokens: list[str], probs: np.ndarray, layer: int, head: int, values: bool = False) -> str:
+    """Row i: how query token i spreads its attention over tokens 0..i (blank above the diagonal: 0)."""
+    labels = [f"{i:>2} {token(t)[:14]:<14}" for i, t in enumerate(tokens)]
+    lines = [f"attention probabilities, layer {layer}, head {head} (rows: queries, columns: keys; each row sums to 1)"]
+    header = " " * 18 + "".join(f"{j:>6}" if values else f"{j % 100:>2}" for j in range(len(tokens)))
+    lines.append(header)
+    for i, label in enumerate(labels):
+        if values:
+            cells = "".join(f"{probs[i, j]:6.2f}" if j <= i else "     ." for j in range(len(tokens)))
+        else:
+            cells = "".join(_shade(probs[i, j]) * 2 for j in range(len(tokens)))
+        lines.append(f"{label} {cells}")
+    if not values:
+        lines.append("shades: ' ' 0  '░' < 0.25  '▒' < 0.5  '▓' < 0.75  '█' >= 0.75   (--values for numbers)")
+    return "\n".join(lines)
+
+
+def _shade(p: float) -> str:
+    if p <= 0:
+        return SHADES[0]
+    return SHADES[min(4, 1 + int(p * 4))]
+
+
+def mask(m: np.ndarray) -> str:
+    n = len(m)
+    lines = ["causal mask: added to the attention scores before the softmax (rows: queries, columns: keys)",
+             "     " + "".join(f"{j:>6}" for j in range(n))]
+    for i in range(n):
+        lines.append(f"{i:>4} " + "".join(f"{'0' if v == 0 else '-inf':>6}" for v in m[i]))
+    return "\n".join(lines)
+
+
+def tree(part, depth_limit: int | None = None) -> str:
+    """The architecture with parameter counts; of the identical blocks only the first is opened."""
+    lines = []
+
+    def walk(p, prefix: str, last: bool, depth: int):
+        connector = "" if depth == 0 else ("└── " if last else "├── ")
+        name = f"{prefix}{connector}{p.name}"
+        count = f"{p.params:,}" if p.params or p.name == "lm_head" else ""
+        lines.append(f"{name:<34} {p.detail:<58} {count:>13}")
+        child_prefix = prefix + ("" if depth == 0 else ("    " if last else "│   "))
+        if p.note:
+            lines.append(f"{child_prefix}{'    ' if not p.children else '│   '}  ({p.note})")
+        children = p.children
+        if p.name == "h" and len(children) > 1:  # the blocks are alike: show one, then summarise
+            walk(children[0], child_prefix, False, depth + 1)
+            more = len(children) - 1
+            names = "h.1" if more == 1 else f"h.1 ... h.{more}"
+            lines.append(f"{child_prefix}└── {names}   {more} more block{'s' if more > 1 else ''} like h.0, "
+                         f"{children[0].params:,} parameters each")
+            return
+        for i, child in enumerate(children):
+            walk(child, child_prefix, i == len(children) - 1, depth + 1)
+
+    walk(part, "", True, 0)
+    lines.append(f"{'total':<34} {'':<58} {part.params:>13,}")
+    return "\n".join(lines)
+
+
+def temperatures(base, table: dict) -> str:
+    width = max(len(token(c.token)) for c in base)
+    lines = ["probability of the top tokens (ranked at temperature 1) after dividing the logits by t",
+             f"{'token':<{width}}" + "".join(f"  {'t=' + format(t, 'g'):<20}" for t in table)]
+    for i, c in enumerate(base):
+        cells = "".join(f"  {p[i]:7.2%} {bar(p[i], 11):<11}" for p in table.values())
+        lines.append(f"{token(c.token):<{width}}{cells}")
+    return "\n".join(lines)
+
+
+def compare(rows, prompt: str) -> str:
+    width = max(len(label) for label, _ in rows)
+    lines = [f"Prompt: {prompt!r}", ""]
+    for label, text in rows:
+        lines.append(f"{label:<{width}}  ... {text!r}")
+    return "\n".join(lines)
+
+
+def score(s, path: str) -> str:
+    return (f"{path}: perplexity {s.perplexity:.3f} over {s.tokens:,} tokens (mean -log p {s.mean_nll:.4f} nats), "
+            f"window {s.window}, stride {s.stride}; {s.tokens_per_second:,.0f} tokens/s")
+
+
+def hidden(tokens: list[str], states: np.ndarray) -> str:
+    """Per layer, the length of each token's hidden-state vector (the residual stream grows layer by layer)."""
+    norms = np.linalg.norm(states, axis=-1)  # [L + 1, T]
+    lines = [f"hidden states [{states.shape[0]} = embeddings + {states.shape[0] - 1} layers, {states.shape[1]} tokens, "
+             f"{states.shape[2]} wide]; the table shows each vector's length (the last is after ln_f)",
+             f"{'':>12}" + "".join(f"{token(t)[:9]:>10}" for t in tokens)]
+    for layer, row in enumerate(norms):
+        name = "embeddings" if layer == 0 else f"layer {layer}"
+        lines.append(f"{name:>12}" + "".join(f"{v:>10.2f}" for v in row))
+    return "\n".join(lines)

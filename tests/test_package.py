@@ -25,7 +25,19 @@ def test_runtime_imports_only_the_standard_library_and_four_dependencies():
     assert files
     for path in files:
         for module in imported_modules(path):
+            if path.name == "plots.py" and module == "matplotlib":
+                continue  # the optional `plot` extra, imported only inside the plotting functions (below)
             assert module in ALLOWED or module in sys.stdlib_module_names, f"{path.name} imports {module}"
+
+
+def test_matplotlib_is_imported_only_when_a_figure_is_made():
+    tree = ast.parse((ROOT / "npgpt" / "plots.py").read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert all("matplotlib" not in ast.dump(n) for n in top_level)
+    import subprocess
+
+    code = "import sys, npgpt, npgpt.cli, npgpt.plots; print('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_nothing_is_ever_unpickled():

@@ -1,0 +1,312 @@
+"""The study tools (npgpt.study, the CLI's topk, trace, attention, mask, inspect, temperature, compare, score,
+hidden): the numbers they show are the model's own."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import npgpt
+from npgpt import study, views
+from npgpt.weights import canonical_name, read_safetensors
+
+from conftest import golden_dir
+
+PROMPT = "What is the capital of France?"
+
+
+def log_softmax64(logits):
+    x = np.asarray(logits, np.float64)
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+# ------------------------------------------------------------------------------------------------------ top-k
+
+
+def test_top_k_probabilities_are_the_processed_distribution(tiny):
+    model, _ = tiny
+    for settings in ({}, {"logit_bias": {"gonna": -5.0, "ain't": -5.0}}, {"temperature": 0.7, "top_k": 40}):
+        cands = study.top_k(model, "You are going to", k=10, **settings)
+        probs = model.next_token_distribution("You are going to", **settings)
+        assert [c.id for c in cands] == list(np.argsort(-probs, kind="stable")[:10])
+        np.testing.assert_allclose([c.probability for c in cands], probs[[c.id for c in cands]], rtol=1e-6)
+        assert all(a.probability >= b.probability for a, b in zip(cands, cands[1:]))
+
+
+def test_a_word_bias_lowers_that_words_tokens_by_its_factor(tiny):
+    model, _ = tiny
+    gonna = model.tokenizer.encode(" gonna")[0]
+    plain = model.next_token_distribution("You are going to")
+    biased = model.next_token_distribution("You are going to", logit_bias={"gonna": -5.0})
+    ratio = (biased[gonna] / biased[0]) / (plain[gonna] / plain[0])
+    assert abs(ratio - np.exp(-5.0)) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------------- trace
+
+
+def test_trace_is_generation_step_by_step(tiny):
+    model, _ = tiny
+    steps = study.trace(model, PROMPT, steps=6)
+    prompt_length = len(model.tokenizer.encode(PROMPT))
+    assert [s.chosen.id for s in steps] == model.generate(PROMPT, max_new_tokens=6).ids
+    assert [s.logits_shape for s in steps] == [(1, prompt_length + i, 50257) for i in range(6)]
+    ids = model.tokenizer.encode(PROMPT)
+    for s in steps:
+        probs = model.next_token_distribution(ids)
+        assert abs(s.chosen.probability - probs[s.chosen.id]) < 1e-6
+        assert all(c.probability <= s.chosen.probability + 1e-9 for c in s.runners_up)  # greedy: the top one
+        ids.append(s.chosen.id)
+        assert s.text == model.tokenizer.decode(ids)
+
+
+def test_a_sampled_trace_draws_what_generate_draws(tiny):
+    model, _ = tiny
+    steps = study.trace(model, PROMPT, steps=5, temperature=1.5, top_k=100, seed=3)
+    assert [s.chosen.id for s in steps] == model.generate(PROMPT, max_new_tokens=5, temperature=1.5, top_k=100,
+                                                          seed=3).ids
+
+
+# --------------------------------------------------------------------------------------------- attention, mask
+
+
+def test_attention_rows_sum_to_one_and_nothing_is_above_the_diagonal(tiny):
+    model, _ = tiny
+    tokens, probs = study.attention_map(model, PROMPT, layer=1, head=1)
+    ids = model.tokenizer.encode(PROMPT)
+    assert tokens == [model.tokenizer.token_text(i) for i in ids] and probs.shape == (len(ids), len(ids))
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
+    assert (probs[np.triu_indices(len(ids), 1)] == 0).all()
+    np.testing.assert_array_equal(probs, model.forward(ids, output_attentions=True).attentions[1][0, 1])
+    with pytest.raises(npgpt.SettingsError, match="layer must be in 0..1"):
+        study.attention_map(model, PROMPT, layer=2)
+    with pytest.raises(npgpt.SettingsError, match="head must be in 0..1"):
+        study.attention_map(model, PROMPT, head=5)
+
+
+def test_the_causal_mask_is_zero_and_minus_infinity():
+    m = study.causal_mask(4)
+    assert m.tolist() == [[0, -np.inf, -np.inf, -np.inf], [0, 0, -np.inf, -np.inf], [0, 0, 0, -np.inf], [0] * 4]
+    text = views.mask(m)
+    assert text.splitlines()[2].split() == ["0", "0", "-inf", "-inf", "-inf"]
+
+
+# ------------------------------------------------------------------------------------------------ architecture
+
+
+@pytest.mark.parametrize("name", ["small", "tiny"])
+def test_the_parameter_total_is_the_checkpoints(name):
+    model = npgpt.load(golden_dir(name))
+    tensors = read_safetensors(os.path.join(golden_dir(name), "model.safetensors"))
+    in_checkpoint = sum(t.size for k, t in tensors.items() if canonical_name(k))  # not the mask buffers
+    tree = study.architecture(model)
+    assert tree.params == in_checkpoint == model.config.parameter_count()
+    parts = {p.name: p.params for p in tree.children}
+    assert parts["wte"] == tensors["wte.weight"].size and parts["lm_head"] == 0  # tied
+    block = tree.children[2].children[0]
+    assert [p.name for p in block.children] == ["ln_1", "attn", "ln_2", "mlp"]
+    assert block.params * model.config.n_layer == parts["h"]
+
+
+def test_the_presets_trees_have_the_published_sizes():
+    assert study.architecture(npgpt.GPT2Config.preset("gpt2")).params == 124_439_808
+    tree = views.tree(study.architecture(npgpt.GPT2Config.preset("gpt2")))
+    assert "768 -> 2304" in tree and "768 -> 3072" in tree and "split into q | k | v" in tree
+    assert tree.splitlines()[-1].split()[-1] == "124,439,808"
+
+
+def test_an_untied_head_is_counted(small, tmp_path):
+    model, _ = small
+    state = dict(model.state, **{"lm_head.weight": np.ones_like(model.wte)})
+    untied = npgpt.GPT2(model.config, state)
+    assert study.architecture(untied).params == model.n_params + model.wte.size
+
+
+# ----------------------------------------------------------------------------------- temperature and compare
+
+
+def test_the_temperature_table_is_softmax_of_scaled_logits(tiny):
+    model, _ = tiny
+    base, table = study.temperature_table(model, "Hello", (0.1, 0.7, 1.5), top=20)
+    logits = model(model.tokenizer.encode("Hello"))[-1].astype(np.float64)
+    ids = [c.id for c in base]
+    assert ids == list(np.argsort(-logits, kind="stable")[:20])
+    for t, probs in table.items():
+        np.testing.assert_allclose(probs, np.exp(log_softmax64(logits / t))[ids], rtol=1e-6)
+    assert table[0.1][0] > table[0.7][0] > table[1.5][0]  # colder: more mass on the top token
+    with pytest.raises(npgpt.SettingsError, match="temperatures must be > 0"):
+        study.temperature_table(model, "Hello", (0.0,))
+
+
+def test_compare_rows_are_generate_with_those_settings(tiny):
+    model, _ = tiny
+    rows = study.compare(model, "Hello", max_new_tokens=6, seed=2)
+    assert [label for label, _ in rows][:4] == ["greedy", "temperature=0.5", "temperature=1.0", "temperature=1.5"]
+    for (label, text), (_, settings) in zip(rows, study.COMPARE_SETTINGS):
+        assert text == model.generate("Hello", max_new_tokens=6, seed=2, **settings), label
+    assert rows[0][1] == rows[4][1]  # top_k=1 is greedy
+
+
+# ----------------------------------------------------------------------------------------------- perplexity
+
+
+TEXT = ("The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times, "
+        "it was the age of wisdom.")
+
+
+def reference_surprisal(model, ids, window, stride):
+    """Token i is scored in the first window (starting at multiples of the stride) that ends after it, with
+    that window's tokens before it as context."""
+    out = []
+    for i in range(1, len(ids)):
+        begin = next(b for b in range(0, len(ids), stride) if i < min(b + window, len(ids)))
+        logits = model(ids[begin:i])[-1]
+        out.append(-log_softmax64(logits)[ids[i]])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("window, stride", [(None, None), (16, 8), (16, 15), (10, 3)])
+def test_perplexity_with_a_sliding_window(tiny, window, stride):
+    model, _ = tiny
+    ids = model.tokenizer.encode(TEXT)
+    score = study.perplexity(model, TEXT, window=window, stride=stride)
+    want = reference_surprisal(model, ids, window or 64, stride or 32)
+    assert score.tokens == len(ids) - 1
+    np.testing.assert_allclose(score.surprisal, want, rtol=1e-4, atol=1e-4)
+    assert abs(score.perplexity - np.exp(want.mean())) < 1e-3 * score.perplexity
+    assert score.tokens_per_second > 0
+
+
+def test_perplexity_errors(tiny):
+    model, _ = tiny
+    with pytest.raises(npgpt.SettingsError, match="at least two tokens"):
+        study.perplexity(model, "Hi")
+    with pytest.raises(npgpt.SettingsError, match="window must be in 2..64"):
+        study.perplexity(model, TEXT, window=100)
+    with pytest.raises(npgpt.SettingsError, match="stride must be in 1..window - 1 \\(9\\), got 10"):
+        study.perplexity(model, TEXT, window=10, stride=10)
+
+
+# ---------------------------------------------------------------------------------------------- hidden states
+
+
+def test_hidden_states_are_the_forward_passes(small):
+    model, expected = small
+    ids = expected["single.ids"][0].tolist()
+    tokens, got_ids, states = study.hidden_states(model, ids)
+    assert got_ids == ids and states.shape == (model.config.n_layer + 1, len(ids), model.config.n_embd)
+    np.testing.assert_allclose(states, expected["single.hidden"][:, 0], atol=1e-5)  # PyTorch's
+
+
+# ---------------------------------------------------------------------------------------------------- the CLI
+
+
+def cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "npgpt", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
+def test_cli_topk_prints_the_processed_probabilities(tiny):
+    model, _ = tiny
+    r = cli("topk", "You are going to", "-k", "5", "--bias", "gonna=-5", "--model", golden_dir("tiny"))
+    assert r.returncode == 0, r.stderr
+    cands = study.top_k(model, "You are going to", k=5, logit_bias={"gonna": -5.0})
+    lines = r.stdout.splitlines()
+    assert "logit_bias" in lines[0] and len(lines) == 7
+    for line, c in zip(lines[2:], cands):
+        assert repr(c.token) in line and str(c.id) in line and f"{c.probability:.4%}" in line
+
+
+def test_cli_trace_shows_the_logits_growing(tiny):
+    r = cli("trace", PROMPT, "-n", "3", "--model", golden_dir("tiny"))
+    assert r.returncode == 0, r.stderr
+    shapes = [line.split("logits ")[1].split("]")[0] + "]" for line in r.stdout.splitlines() if "logits [" in line]
+    assert shapes == ["[1, 7, 50257]", "[1, 8, 50257]", "[1, 9, 50257]"]
+
+
+def test_cli_attention_mask_inspect_temperature_compare_hidden(tiny, tmp_path):
+    model_dir = golden_dir("tiny")
+    r = cli("attention", PROMPT, "--layer", "1", "--head", "0", "--model", model_dir)
+    assert r.returncode == 0 and "layer 1, head 0" in r.stdout and "' France'" in r.stdout
+    r = cli("attention", PROMPT, "--values", "--model", model_dir)
+    first_row = r.stdout.splitlines()[2].split()
+    assert first_row[-1] == "." and float(first_row[2]) == 1.0  # query 0 sees only itself
+    assert cli("mask", "3").stdout.splitlines()[-1].split() == ["2", "0", "0", "0"]
+    r = cli("inspect", model_dir)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1].split()[-1] == f"{npgpt.load(model_dir).n_params:,}"
+    r = cli("temperature", "Hello", "--t", "0.5", "2", "--top", "4", "--model", model_dir)
+    assert r.returncode == 0 and "t=0.5" in r.stdout and "t=2" in r.stdout and len(r.stdout.splitlines()) == 7
+    r = cli("compare", "Hello", "--max-new-tokens", "4", "--model", model_dir)
+    assert r.returncode == 0 and r.stdout.count("...") == len(study.COMPARE_SETTINGS)
+    out = tmp_path / "states.npz"
+    r = cli("hidden", "Hello there", "--out", str(out), "--model", model_dir)
+    assert r.returncode == 0, r.stderr
+    saved = np.load(out, allow_pickle=False)  # plain arrays: no pickle needed to read them back
+    assert saved["hidden_states"].shape == (3, 2, 16) and saved["tokens"].tolist() == ["Hello", " there"]
+
+
+def test_cli_score(tiny, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT)
+    r = cli("score", str(text), "--window", "16", "--stride", "8", "--model", golden_dir("tiny"))
+    assert r.returncode == 0, r.stderr
+    want = study.perplexity(tiny[0], TEXT, window=16, stride=8)
+    assert f"perplexity {want.perplexity:.3f} over {want.tokens} tokens" in r.stdout and "tokens/s" in r.stdout
+    missing = cli("score", str(tmp_path / "nope.txt"), "--model", golden_dir("tiny"))
+    assert missing.returncode == 1 and missing.stderr.strip().endswith("nope.txt: no such file")
+
+
+def test_cli_study_errors_are_one_line():
+    r = cli("attention", "Hi", "--layer", "9", "--model", golden_dir("tiny"))
+    assert r.returncode == 1 and r.stderr.strip() == "npgpt: error: layer must be in 0..1, got 9"
+    assert cli("mask", "0").stderr.strip() == "npgpt: error: the mask needs n >= 1, got 0"
+
+
+# ---------------------------------------------------------------------------------------------------- figures
+
+
+def matplotlib_available():
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+PLOTS = [
+    ("topk", "You are going to", "-k", "8"),
+    ("trace", PROMPT, "-n", "4"),
+    ("attention", PROMPT, "--layer", "1"),
+    ("temperature", "Hello", "--top", "8"),
+    ("compare", "Hello", "--max-new-tokens", "6"),
+    ("hidden", "Hello there"),
+]
+
+
+@pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")
+@pytest.mark.parametrize("args", PLOTS + [("mask", "5"), ("inspect", golden_dir("tiny")), ("score", "TEXTFILE")],
+                         ids=lambda a: a[0])
+def test_each_command_writes_a_png(args, tmp_path):
+    png = tmp_path / "figure.png"
+    args = list(args)
+    if args[0] == "score":
+        (tmp_path / "t.txt").write_text(TEXT)
+        args[1] = str(tmp_path / "t.txt")
+    model = ["--model", golden_dir("tiny")] if args[0] not in ("mask", "inspect") else []
+    r = cli(*args, *model, "--plot", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert r.stderr.strip() == f"wrote {png}"
+
+
+def test_without_matplotlib_plot_says_how_to_install_it(tmp_path):
+    code = ("import sys; sys.modules['matplotlib'] = None; from npgpt.cli import main; "
+            f"sys.exit(main(['mask', '3', '--plot', {str(tmp_path / 'm.png')!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.strip() == ("npgpt: error: --plot needs matplotlib, which is not installed: "
+                                "pip install 'npgpt[plot]'")
+    assert not (tmp_path / "m.png").exists()

@@ -213,73 +213,50 @@ def add_study_commands(commands):
     c.set_defaults(run=run_hidden)
 
 
-def check_plot(args):
-    """Fail before any work when a figure is asked for and matplotlib is missing."""
-    if getattr(args, "plot", None):
-        plots._pyplot()
-
-
-def wrote(path: str) -> None:
-    print(f"wrote {path}", file=sys.stderr)
+def show(args, text: str, draw) -> int:
+    """Print a study command's terminal view; with --plot, also draw its figure: draw(path)."""
+    print(text)
+    if args.plot:
+        print(f"wrote {draw(args.plot)}", file=sys.stderr)
+    return 0
 
 
 def run_topk(args) -> int:
-    check_plot(args)
     model = load_model(args)
     settings = decoding_settings(args, model.tokenizer)
     settings.pop("seed", None)
     cands = study.top_k(model, args.prompt, k=args.k, **settings)
-    rules = ", ".join(f"{k}={v}" for k, v in settings.items() if k not in ("presence_penalty", "frequency_penalty",
-                                                                          "no_repeat_ngram_size", "min_new_tokens")
-                      or v)
+    rules = ", ".join(f"{k}={v}" for k, v in settings.items() if v)  # the rules given (zero ones are off)
     title = f"next token after {args.prompt!r}" + (f" ({rules})" if rules else "")
-    print(views.candidates(cands, title))
-    if args.plot:
-        wrote(plots.candidates(cands, title, args.plot))
-    return 0
+    return show(args, views.candidates(cands, title), lambda path: plots.candidates(cands, title, path))
 
 
 def run_trace(args) -> int:
-    check_plot(args)
     model = load_model(args)
     settings = decoding_settings(args, model.tokenizer)
     steps = study.trace(model, args.prompt, steps=args.steps, alternatives=args.alternatives, **settings)
-    print(views.trace(steps, args.prompt))
-    if args.plot:
-        wrote(plots.trace(steps, args.prompt, args.plot))
-    return 0
+    return show(args, views.trace(steps, args.prompt), lambda path: plots.trace(steps, args.prompt, path))
 
 
 def run_attention(args) -> int:
-    check_plot(args)
     model = load_model(args)
     tokens, probs = study.attention_map(model, args.prompt, args.layer, args.head)
-    print(views.attention(tokens, probs, args.layer, args.head, values=args.values))
-    if args.plot:
-        wrote(plots.attention(tokens, probs, args.layer, args.head, args.plot))
-    return 0
+    return show(args, views.attention(tokens, probs, args.layer, args.head, values=args.values),
+                lambda path: plots.attention(tokens, probs, args.layer, args.head, path))
 
 
 def run_mask(args) -> int:
-    check_plot(args)
     m = study.causal_mask(args.n)
-    print(views.mask(m))
-    if args.plot:
-        wrote(plots.mask(m, args.plot))
-    return 0
+    return show(args, views.mask(m), lambda path: plots.mask(m, path))
 
 
 def run_inspect(args) -> int:
-    check_plot(args)
     subject = inspect_subject(args)
     part = study.architecture(subject)
     if isinstance(subject, GPT2Config):
         print(f"{args.model}: not cached, shown from its preset configuration (npgpt download {args.model} "
               "fetches the checkpoint)")
-    print(views.tree(part))
-    if args.plot:
-        wrote(plots.architecture(part, args.plot))
-    return 0
+    return show(args, views.tree(part), lambda path: plots.architecture(part, path))
 
 
 def inspect_subject(args):
@@ -295,28 +272,19 @@ def inspect_subject(args):
 
 
 def run_temperature(args) -> int:
-    check_plot(args)
     model = load_model(args)
     base, table = study.temperature_table(model, args.prompt, args.t, top=args.top)
-    print(f"after {args.prompt!r}")
-    print(views.temperatures(base, table))
-    if args.plot:
-        wrote(plots.temperatures(base, table, args.plot))
-    return 0
+    return show(args, f"after {args.prompt!r}\n" + views.temperatures(base, table),
+                lambda path: plots.temperatures(base, table, path))
 
 
 def run_compare(args) -> int:
-    check_plot(args)
     model = load_model(args)
     rows = study.compare(model, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    print(views.compare(rows, args.prompt))
-    if args.plot:
-        wrote(plots.compare(rows, args.prompt, args.plot))
-    return 0
+    return show(args, views.compare(rows, args.prompt), lambda path: plots.compare(rows, args.prompt, path))
 
 
 def run_score(args) -> int:
-    check_plot(args)
     try:
         if args.file == "-":
             text = sys.stdin.read()
@@ -329,23 +297,16 @@ def run_score(args) -> int:
         raise NpgptError(f"{args.file}: not UTF-8 text") from None
     model = load_model(args)
     score = study.perplexity(model, text, window=args.window, stride=args.stride)
-    print(views.score(score, args.file))
-    if args.plot:
-        wrote(plots.score(score, model.tokenizer.encode(text), args.plot))
-    return 0
+    return show(args, views.score(score, args.file), lambda path: plots.score(score, path))
 
 
 def run_hidden(args) -> int:
-    check_plot(args)
     model = load_model(args)
     tokens, ids, states = study.hidden_states(model, args.prompt)
-    print(views.hidden(tokens, states))
     if args.out:
         np.savez(args.out, hidden_states=states, ids=np.array(ids), tokens=np.array(tokens))
-        wrote(args.out if args.out.endswith(".npz") else args.out + ".npz")
-    if args.plot:
-        wrote(plots.hidden(tokens, states, args.plot))
-    return 0
+        print(f"wrote {args.out if args.out.endswith('.npz') else args.out + '.npz'}", file=sys.stderr)
+    return show(args, views.hidden(tokens, states), lambda path: plots.hidden(tokens, states, path))
 
 
 def run_download(args) -> int:
@@ -429,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
     try:
+        if getattr(args, "plot", None):
+            plots.require_matplotlib()  # before any work
         return args.run(args)
     except (NpgptError, OSError, ValueError, MemoryError) as e:
         if isinstance(e, BrokenPipeError):  # e.g. `npgpt generate ... | head -1`

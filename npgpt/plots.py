@@ -12,6 +12,10 @@ from .errors import NpgptError
 INSTALL = "pip install 'npgpt[plot]'"
 
 
+def require_matplotlib() -> None:
+    _pyplot()
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -163,7 +167,7 @@ def compare(rows, prompt: str, path: str) -> str:
     return _save(fig, path)
 
 
-def score(s, tokens: list[str], path: str) -> str:
+def score(s, path: str) -> str:
     """How surprising each token is (-log p, nats) along the text, with the perplexity."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))

@@ -102,18 +102,20 @@ class Tokenizer:
         if hashlib.sha256(data).hexdigest() == VOCAB_BPE_SHA256:
             return cls.gpt2()
         try:
-            tokenizer = cls.from_merges(data.decode("utf-8"), name=os.path.basename(model_dir.rstrip("/")))
+            merges = data.decode("utf-8")
+            ranks = ranks_from_merges(merges)
         except (UnicodeDecodeError, ValueError, KeyError):
             raise NpgptError(f"{merges_path}: not a GPT-2 BPE merges file") from None
         vocab_path = os.path.join(model_dir, "vocab.json")
         if os.path.isfile(vocab_path):
             with open(vocab_path, encoding="utf-8") as f:
                 vocab = json.load(f)
-            ranks = tokenizer.encoding._mergeable_ranks
-            if {k: v for k, v in vocab.items() if k != EOT_TOKEN} != {
-                    k: v for k, v in encoder_json_from_ranks(ranks).items() if k != EOT_TOKEN}:
+            vocab.pop(EOT_TOKEN, None)
+            expected = encoder_json_from_ranks(ranks)
+            expected.pop(EOT_TOKEN)
+            if vocab != expected:
                 raise NpgptError(f"{vocab_path}: does not match {merges_path}; npgpt needs ids in merge order")
-        return tokenizer
+        return cls.from_merges(merges, name=os.path.basename(model_dir.rstrip("/")))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`; the literal text `<|endoftext|>` becomes id 50256 (as transformers does)."""

@@ -306,7 +306,8 @@ class Hub:
         """HEAD the file's resolve URL: its commit, hash, size and download location (None: no such file)."""
         url = f"{self.endpoint}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
         try:
-            response = self._retrying(lambda: self._request("HEAD", url, label, follow="same-origin"))
+            response = self._retrying(lambda: self._request("HEAD", url, label, follow="same-origin"),
+                                      connect_retries=1)
         except _Transient as e:
             if e.connection:
                 raise _CannotConnect(e.message) from None
@@ -384,16 +385,21 @@ class Hub:
             raise _Transient(f"HTTP {response.status_code}", connection=False, delay=_retry_after(response))
         return response
 
-    def _retrying(self, attempt):
+    def _retrying(self, attempt, connect_retries: int | None = None):
         """Call attempt() until it does not fail transiently, waiting backoff * 2**k (or Retry-After)
-        between tries; after the last try its _Transient propagates."""
-        for k in range(self.retries + 1):
+        between tries; after the last try its _Transient propagates. connect_retries: fewer tries when the
+        endpoint cannot be reached at all (so that a cached model is used without a long wait)."""
+        tries = 0
+        while True:
             try:
                 return attempt()
             except _Transient as e:
-                if k == self.retries:
+                limit = self.retries if connect_retries is None or not e.connection else \
+                    min(connect_retries, self.retries)
+                if tries >= limit:
                     raise
-                time.sleep(min(e.delay if e.delay is not None else self.backoff * 2 ** k, 60.0))
+                time.sleep(min(e.delay if e.delay is not None else self.backoff * 2 ** tries, 60.0))
+                tries += 1
 
     # -------------------------------------------------------------------------------------------- downloading
 
@@ -503,12 +509,20 @@ def _retry_after(response) -> float | None:
 
 
 def _describe(error: Exception) -> str:
-    text = str(error.__class__.__name__)
-    reason = getattr(error, "args", ())
-    detail = str(reason[0]) if reason else ""
-    if "Max retries" in detail or "object at 0x" in detail:
-        detail = re.sub(r"\(Caused by .*", "", detail).strip()
-    return f"{text}: {detail}" if detail else text
+    """A short reason for a network failure (requests' own messages run to several nested reprs)."""
+    text = str(error)
+    for marker, reason in (("Failed to resolve", "could not resolve the host name"),
+                           ("Name or service not known", "could not resolve the host name"),
+                           ("Connection refused", "connection refused"),
+                           ("Network is unreachable", "network unreachable"),
+                           ("CERTIFICATE_VERIFY_FAILED", "TLS certificate not trusted"),
+                           ("IncompleteRead", "the connection closed early"),
+                           ("Connection reset", "connection reset")):
+        if marker in text:
+            return reason
+    if isinstance(error, requests.Timeout):
+        return "timed out"
+    return error.__class__.__name__
 
 
 def _verify(path: str, info: FileInfo, filename: str, label: str) -> None:

@@ -494,3 +494,15 @@ def test_a_sharded_checkpoint_is_fetched_shard_by_shard(server, cache, files, tm
     assert sorted(os.listdir(path)) == sorted(repo_files)
     np.testing.assert_array_equal(npgpt.load(path)([5, 6]), npgpt.GPT2.random(
         npgpt.GPT2Config(n_layer=2, n_head=2, n_embd=8, n_positions=32), seed=4)([5, 6]))
+
+
+def test_an_unreachable_hub_is_one_line_and_quick(tmp_path):
+    import time
+
+    start = time.monotonic()
+    r = npgpt_cli("generate", "Hi", "--model", "gpt2",
+                  env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache")})
+    assert time.monotonic() - start < 20  # one quick retry, not minutes of backoff
+    assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+        "npgpt: error: gpt2 (openai-community/gpt2): cannot reach http://127.0.0.1:9 (connection refused); "
+        "the model is not cached either"]

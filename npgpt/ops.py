@@ -44,7 +44,9 @@ def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float =
     centred = x - x.sum(axis=-1, keepdims=True) / n  # [..., C], x - mean(x)
     var = np.square(centred).sum(axis=-1, keepdims=True) / n  # [..., 1] (biased, as PyTorch's LayerNorm)
     centred /= np.sqrt(var + eps)
-    return centred * weight + bias
+    centred *= weight
+    centred += bias
+    return centred
 
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:

@@ -1,6 +1,6 @@
 """npgpt against transformers on the same randomly initialised checkpoint, measured side by side in one run.
 
-    python tools/bench.py                 # GPT-2 124M, medians of 3 runs
+    python tools/bench.py                 # GPT-2 124M, medians of 5 runs
     python tools/bench.py --size gpt2-medium --runs 5
     python tools/bench.py --quick         # a tiny model, one run: a smoke test of this script
 
@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import npgpt  # noqa: E402
 
-PROMPT, NEW_TOKENS, BATCH, PREFILL, NEAR, FAR, STEPS = 16, 128, 8, 512, 16, 890, 20
+PROMPT, NEW_TOKENS, BATCH, PREFILL, NEAR, FAR, STEPS = 16, 128, 8, 512, 16, 880, 32
 QUICK = dict(PROMPT=8, NEW_TOKENS=8, BATCH=4, PREFILL=64, NEAR=16, FAR=890, STEPS=4)
 
 
@@ -238,7 +238,7 @@ def fresh_processes(names: list[str], model_dir: str, runs: int, results: dict) 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="gpt2", choices=list(npgpt.PRESETS), help="model size (gpt2 = 124M)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per measurement; medians are reported")
+    parser.add_argument("--runs", type=int, default=5, help="runs per measurement; medians are reported")
     parser.add_argument("--quick", action="store_true", help="a tiny model and one run: a smoke test")
     parser.add_argument("--no-transformers", action="store_true", help="measure npgpt alone")
     parser.add_argument("--dir", help="where the random checkpoint is kept (default: a temp directory)")

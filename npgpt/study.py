@@ -24,8 +24,8 @@ import numpy as np
 from . import ops
 from .config import GPT2Config
 from .errors import SettingsError
-from .generation import prompt_ids, row_generators
-from .sampling import Sampler, apply, next_token_distribution, resolve_logit_bias
+from .generation import Settings, prompt_ids, row_generators
+from .sampling import apply, next_token_distribution
 
 
 @dataclass
@@ -38,11 +38,8 @@ class Candidate:
 
 def _distribution(model, ids: list[int], logits: np.ndarray, prompt_length: int, settings: dict) -> np.ndarray:
     """The processed next-token distribution [V] (as generation computes it) for the model's logits [V]."""
-    settings = dict(settings)
-    if settings.get("logit_bias"):
-        settings["logit_bias"] = resolve_logit_bias(settings["logit_bias"], model.tokenizer)
-    settings.setdefault("eos_token_id", model.tokenizer.eot_id)
-    return next_token_distribution(logits, ids, prompt_length=prompt_length, **settings)
+    return next_token_distribution(logits, ids, prompt_length=prompt_length, tokenizer=model.tokenizer,
+                                   **{"eos_token_id": model.tokenizer.eot_id, **settings})
 
 
 def _candidates(model, probs: np.ndarray, logits: np.ndarray, k: int) -> list[Candidate]:
@@ -76,10 +73,8 @@ def trace(model, prompt, steps: int = 10, alternatives: int = 3, seed: int | Non
     early at <|endoftext|>. No cache, so each step's logits are one position longer than the last."""
     tokenizer = model.tokenizer
     ids = prompt_ids(tokenizer, prompt)
-    if settings.get("logit_bias"):
-        settings["logit_bias"] = resolve_logit_bias(settings["logit_bias"], tokenizer)
-    sampler = Sampler(**settings, eos_token_id=tokenizer.eot_id, vocab_size=model.config.vocab_size)
-    rules, rngs = sampler.rules(prompt_length=len(ids)), row_generators(seed, 1)  # as generate() has them
+    sampler = Settings.parse(model, dict(settings, seed=seed)).sampler  # the very rules generate() uses
+    rules, rngs = sampler.rules(prompt_length=len(ids)), row_generators(seed, 1)
     out = []
     for step in range(1, steps + 1):
         if len(ids) >= model.config.n_positions:

@@ -97,16 +97,10 @@ def forward(model, ids: np.ndarray, attention_mask: np.ndarray | None = None):
     return out.logits.numpy(), hidden, attentions
 
 
-@torch.no_grad()
 def greedy(model, ids: np.ndarray, max_new_tokens: int, attention_mask: np.ndarray | None = None) -> np.ndarray:
     """transformers' own greedy `generate`: the new tokens [B, N] (rows that end early padded with -1)."""
-    ids_t = torch.as_tensor(ids, dtype=torch.long)
-    mask_t = torch.ones_like(ids_t) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
-    eos = model.config.eos_token_id if model.config.eos_token_id < model.config.vocab_size else None
-    out = model.generate(ids_t, attention_mask=mask_t, max_new_tokens=max_new_tokens, do_sample=False,
-                         num_beams=1, eos_token_id=eos, pad_token_id=-1 if eos is not None else None,
-                         min_new_tokens=0)
-    return out[:, ids_t.shape[1]:].numpy()
+    return generate(model, ids, attention_mask, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                    min_new_tokens=0)[0]
 
 
 @torch.no_grad()

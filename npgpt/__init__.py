@@ -11,8 +11,8 @@ import os
 
 from . import hub
 from .config import PRESETS, GPT2Config
-from .errors import ConfigError, ContextLengthError, NpgptError, SettingsError, WeightsError
-from .hub import HubError
+from .errors import (ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
+                     SettingsError, TokenizerError, WeightsError)
 from .generation import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
 from .tokenizer import Tokenizer
@@ -22,7 +22,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GPT2", "GPT2Config", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
-    "NpgptError", "ConfigError", "WeightsError", "ContextLengthError", "SettingsError", "HubError", "__version__",
+    "NpgptError", "ConfigError", "WeightsError", "TokenizerError", "InputError", "ContextLengthError", "SettingsError",
+    "DistributionError", "HubError", "__version__",
 ]
 
 

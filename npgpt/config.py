@@ -121,10 +121,13 @@ class GPT2Config:
         return self.vocab_size * c + self.n_positions * c + self.n_layer * per_block + 2 * c
 
 
-PRESETS = {
-    "gpt2": GPT2Config(n_layer=12, n_head=12, n_embd=768),
-    "gpt2-medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),
-    "gpt2-large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),
-    "gpt2-xl": GPT2Config(n_layer=48, n_head=25, n_embd=1600),
-    "distilgpt2": GPT2Config(n_layer=6, n_head=12, n_embd=768),
+# OpenAI's GPT-2 sizes (and distilgpt2): the name people use, the hub repo it lives in now, its configuration.
+OFFICIAL = {
+    "gpt2": ("openai-community/gpt2", GPT2Config(n_layer=12, n_head=12, n_embd=768)),
+    "gpt2-medium": ("openai-community/gpt2-medium", GPT2Config(n_layer=24, n_head=16, n_embd=1024)),
+    "gpt2-large": ("openai-community/gpt2-large", GPT2Config(n_layer=36, n_head=20, n_embd=1280)),
+    "gpt2-xl": ("openai-community/gpt2-xl", GPT2Config(n_layer=48, n_head=25, n_embd=1600)),
+    "distilgpt2": ("distilbert/distilgpt2", GPT2Config(n_layer=6, n_head=12, n_embd=768)),
 }
+PRESETS = {name: config for name, (_, config) in OFFICIAL.items()}
+HUB_REPOS = {name: repo for name, (repo, _) in OFFICIAL.items()}

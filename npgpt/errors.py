@@ -1,8 +1,12 @@
-"""The errors npgpt raises on bad input. Each message is one line that says what is wrong and what to do."""
+"""The errors npgpt raises on bad input. Each message is one line that says what is wrong and what to do.
+
+Every one is an `NpgptError` (the CLI prints these as one line and exits 1, never a traceback). Those about a
+value also derive from ValueError, so code written against plain Python exceptions keeps working.
+"""
 
 
 class NpgptError(Exception):
-    """Base class: anything npgpt reports about its input (the CLI prints these as one line, no traceback)."""
+    """Base class: anything npgpt reports about its input, its files or its environment."""
 
 
 class ConfigError(NpgptError, ValueError):
@@ -10,12 +14,29 @@ class ConfigError(NpgptError, ValueError):
 
 
 class WeightsError(NpgptError, ValueError):
-    """A checkpoint that is missing, truncated, not safetensors, or does not fit the configuration."""
+    """A checkpoint that is missing, truncated, not safetensors, non-finite, or does not fit the configuration."""
 
 
-class ContextLengthError(NpgptError, ValueError):
+class TokenizerError(NpgptError, ValueError):
+    """A vocabulary or merges file that is not a GPT-2 BPE tokenizer, or text and ids it cannot take."""
+
+
+class InputError(NpgptError, ValueError):
+    """A prompt or token ids that are not valid input (wrong type, shape, or ids outside the vocabulary)."""
+
+
+class ContextLengthError(InputError):
     """A prompt that does not fit in the model's context window."""
 
 
 class SettingsError(NpgptError, ValueError):
-    """A generation setting out of its range (the message names the setting)."""
+    """A generation or study setting that is unknown or out of its range (the message names the setting)."""
+
+
+class DistributionError(NpgptError, ArithmeticError):
+    """A next-token distribution that cannot be sampled (NaN, every token removed, no probability mass):
+    the message names the setting or the tensor that made it so."""
+
+
+class HubError(NpgptError):
+    """A model that cannot be fetched: not found, unreachable, refused or corrupt."""

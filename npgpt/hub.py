@@ -32,8 +32,8 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 
-from .config import GPT2Config
-from .errors import NpgptError, WeightsError
+from .config import HUB_REPOS, GPT2Config
+from .errors import HubError, NpgptError, WeightsError
 from .weights import shard_names
 
 try:
@@ -42,13 +42,6 @@ except ImportError:  # Windows: no advisory locks; concurrent downloads of one f
     fcntl = None
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
-ALIASES = {  # the names OpenAI's GPT-2s are known by, and where they live now
-    "gpt2": "openai-community/gpt2",
-    "gpt2-medium": "openai-community/gpt2-medium",
-    "gpt2-large": "openai-community/gpt2-large",
-    "gpt2-xl": "openai-community/gpt2-xl",
-    "distilgpt2": "distilbert/distilgpt2",
-}
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -65,10 +58,6 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 _TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _CHUNK = 1 << 20  # for hashing files
 _NET_CHUNK = 1 << 16  # for reading the network: what arrived before a cut is kept, but for < 64 kB
-
-
-class HubError(NpgptError):
-    """A model that cannot be fetched: not found, unreachable, refused or corrupt."""
 
 
 class _Transient(Exception):
@@ -92,14 +81,14 @@ class _Interrupted(HubError):
 
 def repo_id_for(name: str) -> str:
     """The hub repo id of a model name: an alias (gpt2, gpt2-medium, ...) or `org/name` itself."""
-    repo_id = ALIASES.get(name, name)
+    repo_id = HUB_REPOS.get(name, name)
     if not _REPO_ID.match(repo_id) or ".." in repo_id or "--" in repo_id:
         raise HubError(f"{name!r} is not a valid model name (expected a name like gpt2 or org/name)")
     return repo_id
 
 
 def looks_like_repo_id(name: str) -> bool:
-    return name in ALIASES or (bool(_REPO_ID.match(name)) and ".." not in name and "--" not in name)
+    return name in HUB_REPOS or (bool(_REPO_ID.match(name)) and ".." not in name and "--" not in name)
 
 
 def check_revision(revision: str) -> str:

@@ -13,7 +13,7 @@ from . import hub
 from .config import PRESETS, GPT2Config
 from .errors import (ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
                      SettingsError, TokenizerError, WeightsError)
-from .generation import Completion, TokenCompletion
+from .results import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
 from .tokenizer import Tokenizer
 from .weights import refuse_pickle

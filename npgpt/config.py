@@ -10,6 +10,9 @@ from .errors import ConfigError
 
 # The activations that are GPT-2's tanh-approximated GELU under their various names.
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# Far above GPT-2 XL (1.6 billion) yet a size whose float32 weights a large machine can still hold; a config
+# beyond it is a mistake, refused before anything is allocated.
+MAX_PARAMETERS = 20_000_000_000
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,14 @@ class GPT2Config:
                 raise ConfigError(f"config: {name} must be a positive integer, got {value!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"config: n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not (isinstance(self.layer_norm_epsilon, (int, float)) and self.layer_norm_epsilon > 0):
-            raise ConfigError(f"config: layer_norm_epsilon must be positive, got {self.layer_norm_epsilon!r}")
+        eps = self.layer_norm_epsilon
+        if not (isinstance(eps, (int, float)) and not isinstance(eps, bool) and 0 < eps < 1):
+            raise ConfigError(f"config: layer_norm_epsilon must be a small positive number (GPT-2: 1e-5), got {eps!r}")
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner < 1):
             raise ConfigError(f"config: n_inner must be a positive integer or null, got {self.n_inner!r}")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ConfigError(f"config: {self.parameter_count():,} parameters ({self.n_layer} layers of width "
+                              f"{self.n_embd}); npgpt runs GPT-2s up to {MAX_PARAMETERS:,} (GPT-2 XL has 1.6 billion)")
 
     @property
     def head_size(self) -> int:

@@ -40,3 +40,7 @@ class DistributionError(NpgptError, ArithmeticError):
 
 class HubError(NpgptError):
     """A model that cannot be fetched: not found, unreachable, refused or corrupt."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """truncate_prompt=True cut a prompt that did not fit the context: the message says what was kept."""

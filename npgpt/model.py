@@ -16,9 +16,12 @@ import numpy as np
 
 from . import ops
 from .config import GPT2Config
-from .errors import ContextLengthError, NpgptError
-from .generation import generate, prompt_ids, stream_steps, stream_text
-from .sampling import next_token_distribution
+from .errors import ConfigError, ContextLengthError, InputError, NpgptError, SettingsError
+from .generation import generate, stream_steps, stream_text
+from .memory import check_fits
+from .prompts import prompt_ids
+from .sampling import Sampler, apply, probabilities
+from .settings import Settings
 from .tokenizer import Tokenizer
 from .weights import expected_shapes, find_checkpoint, load_weights, save_weights
 
@@ -36,13 +39,25 @@ class Linear:
 
 
 @dataclass
-class Block:
-    ln_1: LayerNorm
+class Attention:
     c_attn: Linear  # [C, 3C]: query | key | value side by side
-    attn_proj: Linear  # [C, C]
-    ln_2: LayerNorm
+    c_proj: Linear  # [C, C]
+
+
+@dataclass
+class MLP:
     c_fc: Linear  # [C, 4C]
-    mlp_proj: Linear  # [4C, C]
+    c_proj: Linear  # [4C, C]
+
+
+@dataclass
+class Block:
+    """One transformer block's weights, named as the checkpoint names them (h.{i}.ln_1, h.{i}.attn.c_attn, ...)."""
+
+    ln_1: LayerNorm
+    attn: Attention
+    ln_2: LayerNorm
+    mlp: MLP
 
 
 @dataclass
@@ -50,6 +65,27 @@ class Output:
     logits: np.ndarray  # [B, T, V] float32 (T = 1 when only the last position was asked for)
     hidden_states: list[np.ndarray] | None = None  # n_layer + 1 of [B, T, C]
     attentions: list[np.ndarray] | None = None  # n_layer of [B, H, T, S]
+
+
+def attention(x, w: Attention, n_head: int, cache, layer: int, keys_allowed, need_probs: bool,
+              last_query_only: bool = False):
+    """Causal multi-head self-attention of x [B, T, C] (already layer-normed) -> [B, T, C] and, if need_probs,
+    the probabilities [B, H, T, S]. With a cache, k and v are stored after the past positions and attention
+    reads all S = past + T of them. last_query_only: only the last position attends ([B, 1, C] out)."""
+    c = x.shape[-1]
+    qkv = ops.linear(x, w.c_attn.weight, w.c_attn.bias)  # [B, T, 3C]
+    q, k, v = (ops.split_heads(qkv[..., i * c:(i + 1) * c], n_head) for i in range(3))  # [B, H, T, D]
+    if cache is not None:
+        k, v = cache.update(layer, k, v)  # [B, H, S, D], S = past + T
+    if last_query_only:
+        q = q[:, :, -1:]  # [B, H, 1, D]
+    a, probs = ops.causal_attention(q, k, v, keys_allowed, need_probs)  # [B, H, T, D], [B, H, T, S] or None
+    return ops.linear(ops.merge_heads(a), w.c_proj.weight, w.c_proj.bias), probs  # [B, T, C]
+
+
+def mlp(x, w: MLP):
+    """gelu(x @ W_fc + b) @ W_proj + b: [B, T, C] -> [B, T, 4C] -> [B, T, C]"""
+    return ops.linear(ops.gelu(ops.linear(x, w.c_fc.weight, w.c_fc.bias)), w.c_proj.weight, w.c_proj.bias)
 
 
 class KVCache:
@@ -63,6 +99,8 @@ class KVCache:
     def __init__(self, config: GPT2Config, batch_size: int, capacity: int | None = None):
         capacity = config.n_positions if capacity is None else capacity
         shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_size)
+        check_fits(2 * 4 * math.prod(shape), f"a key/value cache of {batch_size} rows x {capacity} positions",
+                   "use fewer rows or positions")
         self.keys = np.zeros(shape, dtype=np.float32)  # zeroed lazily by the OS: memory is used as it fills
         self.values = np.zeros(shape, dtype=np.float32)
         self.length = 0
@@ -91,6 +129,8 @@ class KVCache:
             for cache in (self.keys, self.values):
                 cache[:, :, :, :self.length] = cache[:, rows, :, :self.length]
             return
+        check_fits(2 * self.keys[:, :1].nbytes * len(rows), f"a key/value cache of {len(rows)} rows",
+                   "use fewer rows")
         for name in ("keys", "values"):
             old = getattr(self, name)
             new = np.zeros((old.shape[0], len(rows)) + old.shape[2:], dtype=old.dtype)
@@ -113,19 +153,20 @@ class GPT2:
         c = config
         self.wte = state["wte.weight"]  # [V, C]
         self.wpe = state["wpe.weight"]  # [n_positions, C]
-        self.blocks = [
-            Block(
-                ln_1=LayerNorm(state[f"h.{i}.ln_1.weight"], state[f"h.{i}.ln_1.bias"]),
-                c_attn=Linear(state[f"h.{i}.attn.c_attn.weight"], state[f"h.{i}.attn.c_attn.bias"]),
-                attn_proj=Linear(state[f"h.{i}.attn.c_proj.weight"], state[f"h.{i}.attn.c_proj.bias"]),
-                ln_2=LayerNorm(state[f"h.{i}.ln_2.weight"], state[f"h.{i}.ln_2.bias"]),
-                c_fc=Linear(state[f"h.{i}.mlp.c_fc.weight"], state[f"h.{i}.mlp.c_fc.bias"]),
-                mlp_proj=Linear(state[f"h.{i}.mlp.c_proj.weight"], state[f"h.{i}.mlp.c_proj.bias"]),
-            )
-            for i in range(c.n_layer)
-        ]
+        self.blocks = [self._block_weights(state, f"h.{i}") for i in range(c.n_layer)]
         self.ln_f = LayerNorm(state["ln_f.weight"], state["ln_f.bias"])
         self.lm_head = state.get("lm_head.weight", self.wte)  # [V, C]; GPT-2 ties it to wte
+
+    @staticmethod
+    def _block_weights(state: dict, key: str) -> Block:
+        def linear(name):
+            return Linear(state[f"{key}.{name}.weight"], state[f"{key}.{name}.bias"])
+
+        def norm(name):
+            return LayerNorm(state[f"{key}.{name}.weight"], state[f"{key}.{name}.bias"])
+
+        return Block(ln_1=norm("ln_1"), attn=Attention(linear("attn.c_attn"), linear("attn.c_proj")),
+                     ln_2=norm("ln_2"), mlp=MLP(linear("mlp.c_fc"), linear("mlp.c_proj")))
 
     # ----------------------------------------------------------------------------------------------- loading
 
@@ -147,6 +188,10 @@ class GPT2:
         """An untrained GPT-2 initialised as OpenAI did: N(0, 0.02) weights, residual projections scaled by
         1/sqrt(2 * n_layer), zero biases, unit LayerNorm gains."""
         config = GPT2Config.preset(config) if isinstance(config, str) else config
+        if not isinstance(config, GPT2Config):
+            raise ConfigError(f"GPT2.random takes a GPT2Config or a preset name, got {type(config).__name__}")
+        check_fits(4 * config.parameter_count(), f"a random GPT-2 of {config.parameter_count():,} parameters",
+                   "choose a smaller configuration", error=ConfigError)
         rng = np.random.default_rng(seed)
         state = {}
         for name, shape in expected_shapes(config).items():
@@ -195,11 +240,11 @@ class GPT2:
         b, t = ids.shape
         past = cache.length if cache is not None else 0
         if cache is not None and (cache.batch_size != b or past + t > cache.capacity):
-            raise ValueError(f"cache holds {cache.batch_size} rows and {cache.capacity} positions; "
+            raise InputError(f"cache holds {cache.batch_size} rows and {cache.capacity} positions; "
                              f"got {b} rows reaching position {past + t}")
         keys_allowed, positions = self._keys_and_positions(b, t, past, attention_mask, position_ids)
         if positions.min() < 0:
-            raise ValueError("position_ids must be >= 0")
+            raise InputError("position_ids must be >= 0")
         if positions.max() >= self.config.n_positions:
             raise ContextLengthError(f"{positions.max() + 1} positions do not fit in the model's context of "
                                      f"{self.config.n_positions} tokens; shorten the input")
@@ -208,52 +253,49 @@ class GPT2:
         # values (for the cache) but only the last position's query, attention output and MLP.
         trim_last = last_only and not (output_hidden_states or output_attentions)
         x = self.wte[ids] + self.wpe[positions]  # [B, T, C]
-        hidden, attentions = [x], []
+        hidden = [x] if output_hidden_states else None  # kept only when asked: [B, T, C] per layer adds up
+        attentions = [] if output_attentions else None
+        eps = self.config.layer_norm_epsilon
         for i, block in enumerate(self.blocks):
             last_query_only = trim_last and i == len(self.blocks) - 1
-            x, probs = self._block(x, block, keys_allowed, cache, i, output_attentions, last_query_only)
-            hidden.append(x)  # [B, T, C]
-            attentions.append(probs)  # [B, H, T, S]
+            h = ops.layer_norm(x, block.ln_1.weight, block.ln_1.bias, eps)  # [B, T, C]
+            a, probs = attention(h, block.attn, self.config.n_head, cache, i, keys_allowed,
+                                 output_attentions, last_query_only)  # [B, T, C], [B, H, T, S]
+            x = (x[:, -1:] if last_query_only else x) + a  # [B, T, C] (T = 1 if last_query_only)
+            x = x + mlp(ops.layer_norm(x, block.ln_2.weight, block.ln_2.bias, eps), block.mlp)  # [B, T, C]
+            if output_hidden_states:
+                hidden.append(x)
+            if output_attentions:
+                attentions.append(probs)
         if cache is not None:
             cache.length += t
 
-        x = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, self.config.layer_norm_epsilon)  # [B, T, C]
-        hidden[-1] = x
+        x = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, eps)  # [B, T, C]
+        if output_hidden_states:
+            hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
         logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(b, -1, self.lm_head.shape[0])  # [B, T, V]
-        return Output(logits, hidden if output_hidden_states else None,
-                      attentions if output_attentions else None)
-
-    def _block(self, x, p: Block, keys_allowed, cache, layer, need_probs, last_query_only=False):
-        """One transformer block (pre-LayerNorm, as GPT-2). x [B, T, C] -> [B, T, C] ([B, 1, C] if
-        last_query_only: every position is attended to, but only the last one attends and goes on)."""
-        eps = self.config.layer_norm_epsilon
-        h = ops.layer_norm(x, p.ln_1.weight, p.ln_1.bias, eps)  # [B, T, C]
-        qkv = ops.linear(h, p.c_attn.weight, p.c_attn.bias)  # [B, T, 3C]
-        c, n_head = self.config.n_embd, self.config.n_head
-        q, k, v = (ops.split_heads(qkv[..., i * c:(i + 1) * c], n_head) for i in range(3))  # [B, H, T, D]
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # [B, H, S, D], S = past + T
-        if last_query_only:
-            q, x = q[:, :, -1:], x[:, -1:]  # [B, H, 1, D], [B, 1, C]
-        a, probs = ops.causal_attention(q, k, v, keys_allowed, need_probs)  # [B, H, T, D], [B, H, T, S]
-        x = x + ops.linear(ops.merge_heads(a), p.attn_proj.weight, p.attn_proj.bias)  # [B, T, C]
-        h = ops.layer_norm(x, p.ln_2.weight, p.ln_2.bias, eps)  # [B, T, C]
-        h = ops.gelu(ops.linear(h, p.c_fc.weight, p.c_fc.bias))  # [B, T, 4C]
-        return x + ops.linear(h, p.mlp_proj.weight, p.mlp_proj.bias), probs  # [B, T, C]
+        return Output(logits, hidden, attentions)
 
     def _check_ids(self, ids) -> np.ndarray:
-        ids = np.asarray(ids)
+        if isinstance(ids, (str, bytes)) or ids is None:
+            raise InputError(f"forward takes token ids ([T] or [B, T] integers), got {type(ids).__name__}; "
+                             "encode text with model.tokenizer.encode")
+        try:
+            ids = np.asarray(ids)
+        except ValueError:  # ragged nested lists
+            raise InputError("token ids must form a [T] or [B, T] array (rows of one length); use generate() "
+                             "for prompts of different lengths") from None
         if ids.ndim == 1:
             ids = ids[None]
         if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"expected token ids of shape [T] or [B, T] with T >= 1, got shape {list(ids.shape)}")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"token ids must be integers, got {ids.dtype}")
+            raise InputError(f"expected token ids of shape [T] or [B, T] with T >= 1, got shape {list(ids.shape)}")
+        if not np.issubdtype(ids.dtype, np.integer) or ids.dtype == np.bool_:
+            raise InputError(f"token ids must be integers, got {ids.dtype}")
         if ids.min() < 0 or ids.max() >= self.config.vocab_size:
             bad = ids.min() if ids.min() < 0 else ids.max()
-            raise ValueError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+            raise InputError(f"token id {bad} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         return ids
 
     def _keys_and_positions(self, b, t, past, attention_mask, position_ids):
@@ -263,7 +305,7 @@ class GPT2:
             return None, positions
         mask = np.asarray(attention_mask).astype(bool)
         if mask.shape != (b, past + t):
-            raise ValueError(f"attention_mask must have shape [B, past + T] = [{b}, {past + t}], "
+            raise InputError(f"attention_mask must have shape [B, past + T] = [{b}, {past + t}], "
                              f"got {list(mask.shape)}")
         if position_ids is None:
             position_ids = np.maximum(np.cumsum(mask, axis=1) - 1, 0)[:, past:]  # [B, T] counting real tokens
@@ -280,11 +322,18 @@ class GPT2:
 
     def next_token_distribution(self, prompt, **settings) -> np.ndarray:
         """The probabilities [V] that generation would draw the token after `prompt` from, with these decoding
-        settings (temperature, top_k, top_p, logit_bias by id or word, ...; see npgpt.sampling.Sampler)."""
-        ids = prompt_ids(self.tokenizer, prompt)
-        logits = self.forward(ids, last_only=True).logits[0, -1]  # [V]
-        settings.setdefault("eos_token_id", self.tokenizer.eot_id)
-        return next_token_distribution(logits, ids, tokenizer=self.tokenizer, **settings)
+        settings (temperature, top_k, top_p, logit_bias by id or word, ...: the rules of npgpt.sampling).
+        Settings that do not change the distribution (max_new_tokens, stop, ...) are refused; seed is
+        accepted, as with generate, and changes nothing here."""
+        extra = sorted(set(settings) - Sampler.names() - {"seed"})
+        if extra:
+            raise SettingsError(f"{extra[0]!r} does not change the next-token distribution; "
+                                "next_token_distribution takes the decoding rules (temperature, top_k, ...)")
+        s = Settings.parse(self, settings)
+        ids = prompt_ids(self.tokenizer, prompt, self.config.vocab_size)
+        logits = self.forward(ids, last_only=True).logits[0]  # [1, V]
+        processed = apply(s.sampler.rules(prompt_length=len(ids)), np.array([ids]), logits)
+        return probabilities(processed)[0].astype(np.float32)
 
     def stream(self, prompt, **settings):
         """Like generate, but yields the text piece by piece as it is produced."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import npgpt
-from npgpt.generation import Step
+from npgpt.results import Step
 
 
 def test_text_in_text_out_ids_in_ids_out(micro):
@@ -94,7 +94,7 @@ def test_empty_prompt_starts_from_end_of_text(micro):
 
 @pytest.mark.parametrize("settings, message", [
     ({"max_new_tokens": -1}, "max_new_tokens must be an integer >= 0"),
-    ({"temperature": -0.5}, "temperature must be >= 0"),
+    ({"temperature": -0.5}, "temperature must be a finite number >= 0"),
 ])
 def test_bad_settings_name_the_setting(micro, settings, message):
     with pytest.raises(npgpt.SettingsError, match=message):
@@ -230,8 +230,8 @@ def test_a_prompt_longer_than_the_context_needs_truncate_prompt(micro):
 
 @pytest.mark.parametrize("settings, message", [
     ({"top_p": 0.0}, "top_p must be in"),
-    ({"top_k": -3}, "top_k must be an integer >= 0"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
+    ({"top_k": -3}, "top_k must be an integer >= 1"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
     ({"num_beams": 0}, "num_beams must be an integer >= 1"),
     ({"n": 2}, "n > 1 needs sampling"),
     ({"num_beams": 2, "n": 3}, "must be <= num_beams"),

@@ -123,16 +123,16 @@ def test_next_token_distribution_with_a_word_bias_lowers_that_word():
 @pytest.mark.parametrize("rule_settings, message", [
     ({"top_p": 0.0, "temperature": 1.0}, "top_p must be in \\(0, 1\\]"),
     ({"top_p": 1.5, "temperature": 1.0}, "top_p must be in \\(0, 1\\]"),
-    ({"top_k": -1}, "top_k must be an integer >= 0"),
-    ({"temperature": -1.0}, "temperature must be >= 0"),
-    ({"repetition_penalty": 0.0}, "repetition_penalty must be > 0"),
-    ({"repetition_penalty": -1.0}, "repetition_penalty must be > 0"),
+    ({"top_k": -1}, "top_k must be an integer >= 1 \\(0 turns it off\\)"),
+    ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
+    ({"repetition_penalty": 0.0}, "repetition_penalty must be a finite number > 0"),
+    ({"repetition_penalty": -1.0}, "repetition_penalty must be a finite number > 0"),
     ({"min_p": 2.0, "temperature": 1.0}, "min_p must be in \\[0, 1\\]"),
     ({"typical_p": 0.0, "temperature": 1.0}, "typical_p must be in \\(0, 1\\]"),
     ({"presence_penalty": 3.0}, "presence_penalty must be in \\[-2, 2\\]"),
-    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size must be an integer >= 0"),
+    ({"no_repeat_ngram_size": -2}, "no_repeat_ngram_size must be an integer >= 1"),
     ({"logit_bias": {60000: 1.0}}, "logit_bias: token id 60000 is outside the vocabulary"),
-    ({"bad_words_ids": [[]]}, "bad_words_ids must be lists of token ids"),
+    ({"bad_words_ids": [[]]}, "bad_words_ids must be non-empty lists of token ids"),
     ({"top_k": 5, "temperature": 0.0}, "top_k applies only when sampling"),
     ({"temperature": 0.5, "do_sample": False}, "contradicts do_sample=False"),
 ])
@@ -146,3 +146,56 @@ def test_when_decoding_samples():
     assert Sampler(temperature=0.7).sampling and Sampler(top_k=50).sampling and Sampler(do_sample=True).sampling
     assert not Sampler(top_k=0, top_p=1.0).sampling  # the neutral values switch rules off
     assert Sampler(temperature=1.0, top_k=0, top_p=1.0).rules(0) == []  # notebook 001's "plain sampling"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: sampling.TopP(0.0), "top_p must be in \\(0, 1\\], got 0.0"),
+    (lambda: sampling.TopP(float("nan")), "top_p must be in \\(0, 1\\]"),
+    (lambda: sampling.Temperature(0), "temperature must be a finite number > 0"),
+    (lambda: sampling.Temperature(float("inf")), "temperature must be a finite number > 0"),
+    (lambda: sampling.TopK(-2), "top_k must be an integer >= 1"),
+    (lambda: sampling.TopK(2.5), "top_k must be an integer >= 1"),
+    (lambda: sampling.MinP(5.0), "min_p must be in \\[0, 1\\]"),
+    (lambda: sampling.TypicalP(0.0), "typical_p must be in \\(0, 1\\]"),
+    (lambda: sampling.RepetitionPenalty(1e-300), "repetition_penalty must be between"),
+    (lambda: sampling.RepetitionPenalty(-1), "repetition_penalty must be a finite number > 0"),
+    (lambda: sampling.NoRepeatNGram(0), "no_repeat_ngram_size must be an integer >= 1"),
+    (lambda: sampling.LogitBias({3: float("inf")}), "below \\+inf"),
+    (lambda: sampling.LogitBias({3: float("nan")}), "must be a number"),
+    (lambda: sampling.BannedSequences([[1, -2]]), "bad_words_ids must be non-empty lists"),
+    (lambda: sampling.PresenceFrequencyPenalty(3, 0, 0), "presence_penalty must be in \\[-2, 2\\]"),
+    (lambda: sampling.MinNewTokens(-1, 0, 5), "min_new_tokens must be an integer >= 0"),
+])
+def test_each_public_rule_checks_its_argument(make, message):
+    with pytest.raises(npgpt.SettingsError, match=message):
+        make()
+
+
+def test_rules_show_their_arguments():
+    assert repr(sampling.TopP(0.9)) == "TopP(p=0.9)"
+    assert repr(sampling.TopK(5)) == "TopK(k=5)"
+
+
+def test_a_tiny_temperature_is_greedy_not_nan():
+    logits = np.array([[1.0, 3.0, 2.0, 3.0 - 1e-3]], np.float32)
+    for t in (1e-300, 1e-40, 1e-20):
+        probs = next_token_distribution(logits, temperature=t)
+        assert np.isfinite(probs).all() and probs[0, 1] == 1.0
+
+
+def test_every_token_removed_is_an_error_naming_the_rule():
+    logits = np.zeros((1, 5), np.float32)
+    with pytest.raises(npgpt.DistributionError, match="LogitBias.*removes every token"):
+        next_token_distribution(logits, logit_bias={i: -np.inf for i in range(5)})
+    with pytest.raises(npgpt.DistributionError, match="model's logits are not finite"):
+        next_token_distribution(np.full((1, 5), np.nan, np.float32))
+    with pytest.raises(npgpt.DistributionError, match="RepetitionPenalty.*NaN or infinite"):
+        next_token_distribution(np.array([[3e38, 1, 2, 3, 4]], np.float32), np.array([[0]]),
+                                repetition_penalty=1e-30)
+
+
+def test_an_unusable_distribution_is_never_sampled():
+    with pytest.raises(npgpt.DistributionError):
+        sampling.sample(np.array([[np.nan, 1.0]], np.float32), [np.random.default_rng(0)])
+    with pytest.raises(npgpt.DistributionError):
+        sampling.probabilities(np.full((2, 3), -np.inf, np.float32))

@@ -172,8 +172,8 @@ def gemv_floor(model: npgpt.GPT2):
 
     The same matrices as a decode step (every block's four projections and the tied output head), one
     vector each, nothing else: the time no implementation on this machine can beat by much."""
-    matrices = [w for b in model.blocks for w in (b.c_attn.weight, b.attn_proj.weight, b.c_fc.weight,
-                                                  b.mlp_proj.weight)]
+    matrices = [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
+                                                  b.mlp.c_proj.weight)]
     head = model.lm_head.T
     vectors = [np.ones((1, w.shape[0]), np.float32) for w in matrices] + [np.ones((1, head.shape[0]), np.float32)]
 

@@ -138,6 +138,11 @@ class KVCache:
             setattr(self, name, new)
 
 
+def _nested(ids) -> bool:
+    """Whether ids given as a Python sequence hold rows ([B, T]) rather than ids ([T])."""
+    return isinstance(ids, (list, tuple)) and bool(ids) and isinstance(ids[0], (list, tuple, np.ndarray))
+
+
 class GPT2:
     """A GPT-2 language model: weights, configuration and tokenizer.
 
@@ -218,10 +223,9 @@ class GPT2:
 
     def __call__(self, ids) -> np.ndarray:
         """Logits for every position: ids [T] -> [T, V], ids [B, T] -> [B, T, V]."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            return self.forward(ids[None]).logits[0]
-        return self.forward(ids).logits
+        single = np.ndim(ids) == 1 if isinstance(ids, np.ndarray) else not _nested(ids)
+        logits = self.forward(ids).logits  # [B, T, V]
+        return logits[0] if single else logits
 
     def new_cache(self, batch_size: int = 1, capacity: int | None = None) -> KVCache:
         return KVCache(self.config, batch_size, capacity)

@@ -125,7 +125,8 @@ def causal_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, keys_allowed: 
     t, s = q.shape[2], k.shape[2]
     past = s - t
     if t <= block:
-        return attention(q, k, v, visible(t, past, keys_allowed))
+        out, probs = attention(q, k, v, visible(t, past, keys_allowed))
+        return out, probs if need_probs else None
     out = np.empty(q.shape, dtype=np.float32)  # [B, H, T, D]
     probs = np.zeros(q.shape[:3] + (s,), dtype=np.float32) if need_probs else None  # [B, H, T, S]
     for start in range(0, t, block):

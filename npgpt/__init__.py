@@ -12,7 +12,7 @@ import os
 from . import hub
 from .config import PRESETS, GPT2Config
 from .errors import (ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
-                     SettingsError, TokenizerError, WeightsError)
+                     PromptTruncatedWarning, SettingsError, TokenizerError, WeightsError)
 from .results import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
 from .tokenizer import Tokenizer
@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT2", "GPT2Config", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
     "NpgptError", "ConfigError", "WeightsError", "TokenizerError", "InputError", "ContextLengthError", "SettingsError",
-    "DistributionError", "HubError", "__version__",
+    "DistributionError", "HubError", "PromptTruncatedWarning", "__version__",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from . import hub
+from . import hf_cache, hub
 from .config import PRESETS, GPT2Config
 from .errors import (ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
                      PromptTruncatedWarning, SettingsError, TokenizerError, WeightsError)
@@ -40,7 +40,7 @@ def load(name_or_path: str | os.PathLike, revision: str | None = None, *, offlin
     if os.path.isfile(path):  # a checkpoint file: its config.json is beside it
         refuse_pickle(path)
         return GPT2.from_dir(os.path.dirname(path) or ".", weights=path)
-    if os.path.isdir(path) or not hub.looks_like_repo_id(path):
+    if os.path.isdir(path) or not hf_cache.looks_like_repo_id(path):
         return GPT2.from_dir(path)
     snapshot = hub.Hub.from_env(offline=offline, progress=progress).snapshot(path, revision)
     return GPT2.from_dir(snapshot, name=path)

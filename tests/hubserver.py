@@ -3,8 +3,8 @@
 It answers what huggingface_hub and npgpt ask: HEAD/GET `/{repo}/resolve/{revision}/{file}` with X-Repo-Commit
 and an ETag (git blob sha1) for small files, or a 302 to a file URL with X-Linked-Etag (sha256) and
 X-Linked-Size for large ("LFS") files; GET `/cdn/{sha256}` with Range support. Faults can be switched on:
-a connection cut part way through a file, HTTP errors before success, corrupt bytes, slow bytes, and a
-redirect to anywhere. Every request is logged with its headers.
+connections cut part way through a file, HTTP errors before success, corrupt bytes, slow bytes, a hub that
+answers too late, and a redirect to anywhere. Every request is logged with its headers.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ class Repo:
 
 @dataclass
 class Faults:
-    cut_after: dict[str, int] = field(default_factory=dict)  # sha256 -> bytes sent before the first GET is cut
+    cut_after: dict[str, list[int]] = field(default_factory=dict)  # sha256 -> bytes sent by each GET before its cut
     errors: list[int] = field(default_factory=list)  # statuses answered (one each, in order) before real answers
     retry_after: str | None = None  # Retry-After header sent with those errors
     corrupt: set[str] = field(default_factory=set)  # sha256 of files whose bytes are served damaged
     slow: float = 0.0  # seconds between 64 kB chunks of file bytes
+    stall: float = 0.0  # seconds the hub (not the file store) waits before it answers anything
     lfs_location: str | None = None  # redirect large files here instead of our own /cdn/ (format: {sha})
     etag_override: str | None = None  # announce this ETag for every file
     no_range: bool = False  # ignore Range headers
@@ -120,6 +121,8 @@ def _handler(hub: HubServer, name: str):
             with hub._lock:
                 hub.log.append(Logged(self.command, self.path, dict(self.headers), name))
                 error = hub.faults.errors.pop(0) if hub.faults.errors else None
+            if name == "hub" and hub.faults.stall:
+                time.sleep(hub.faults.stall)
             if error:
                 extra = {"Retry-After": hub.faults.retry_after} if hub.faults.retry_after else {}
                 return self._send(error, b"", head, extra)
@@ -169,8 +172,9 @@ def _handler(hub: HubServer, name: str):
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             body = data[start:]
             with hub._lock:
-                cut = hub.faults.cut_after.pop(sha, None)
-            if cut is not None and not head:  # announce everything, send part, hang up
+                cuts = hub.faults.cut_after.get(sha)
+                cut = cuts.pop(0) if cuts and not head else None
+            if cut is not None:  # announce everything, send part, hang up
                 self._send_head(status, len(body), headers)
                 self.wfile.write(body[:cut])
                 self.wfile.flush()

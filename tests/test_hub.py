@@ -1,5 +1,7 @@
 """Downloads from a hub-like server on 127.0.0.1 into the Hugging Face cache layout."""
 
+import base64
+import errno
 import hashlib
 import io
 import json
@@ -7,12 +9,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
 import npgpt
-from npgpt import hub
+from npgpt import hf_cache, hub
 from npgpt.tokenizer import bundled_merges, encoder_json_from_ranks, ranks_from_merges
 
 from hubserver import HubServer, git_blob_sha1
@@ -173,7 +176,7 @@ def test_tokenizer_files_are_optional(server, cache, files):
 
 
 def test_a_connection_cut_mid_file_is_resumed_with_a_range_request(server, cache, files):
-    server.faults.cut_after[weights_sha(files)] = 600_000
+    server.faults.cut_after[weights_sha(files)] = [600_000]
     path = client(server, cache).snapshot("gpt2")
     assert open(os.path.join(path, "model.safetensors"), "rb").read() == files["model.safetensors"]
     gets = server.requests("GET", "/cdn/" + weights_sha(files))
@@ -193,7 +196,7 @@ def test_a_download_left_incomplete_by_an_earlier_run_is_resumed(server, cache, 
 
 
 def test_a_server_that_ignores_range_starts_over(server, cache, files):
-    server.faults.cut_after[weights_sha(files)] = 300_000
+    server.faults.cut_after[weights_sha(files)] = [300_000]
     server.faults.no_range = True
     path = client(server, cache).snapshot("gpt2")
     assert open(os.path.join(path, "model.safetensors"), "rb").read() == files["model.safetensors"]
@@ -207,8 +210,6 @@ def test_server_errors_are_retried_then_succeed(server, cache):
 
 def test_too_many_requests_waits_as_told(server, cache):
     server.faults.errors, server.faults.retry_after = [429], "0.2"
-    import time
-
     start = time.monotonic()
     client(server, cache).snapshot("gpt2")
     assert time.monotonic() - start >= 0.2
@@ -497,8 +498,6 @@ def test_a_sharded_checkpoint_is_fetched_shard_by_shard(server, cache, files, tm
 
 
 def test_an_unreachable_hub_is_one_line_and_quick(tmp_path):
-    import time
-
     start = time.monotonic()
     r = npgpt_cli("generate", "Hi", "--model", "gpt2",
                   env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache")})
@@ -506,3 +505,199 @@ def test_an_unreachable_hub_is_one_line_and_quick(tmp_path):
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "npgpt: error: gpt2 (openai-community/gpt2): cannot reach http://127.0.0.1:9 (connection refused); "
         "the model is not cached either"]
+
+
+# ------------------------------------------------------------------------------- a damaged cache is repaired
+
+
+def damage(path, truncate_to=None):
+    """Cut a cached file short, or flip one of its bytes (same size), through its link."""
+    blob = os.path.realpath(path)
+    if truncate_to is not None:
+        os.truncate(blob, truncate_to)
+        return
+    data = bytearray(open(blob, "rb").read())
+    data[len(data) // 2] ^= 0xFF
+    with open(blob, "wb") as f:
+        f.write(data)
+
+
+def test_a_truncated_cached_checkpoint_is_fetched_again(server, cache, files):
+    path = client(server, cache).snapshot("gpt2")
+    weights = os.path.join(path, "model.safetensors")
+    damage(weights, truncate_to=1000)
+    assert client(server, cache, offline=True).snapshot("gpt2") == path  # offline: the cache as it is
+    assert os.path.getsize(weights) == 1000
+    assert client(server, cache).snapshot("gpt2") == path
+    assert open(weights, "rb").read() == files["model.safetensors"]
+    assert len(server.requests("GET", "/cdn/" + weights_sha(files))) == 2
+    assert not [f for f in tree(cache) if f.endswith(".incomplete")]
+
+
+def test_a_large_cached_file_is_checked_by_the_size_the_hub_announces(server, cache, files, monkeypatch):
+    monkeypatch.setattr(hf_cache, "_HASH_LIMIT", 1000)  # the test files stand for ones too large to hash on each load
+    c = client(server, cache)
+    path = c.snapshot("gpt2")
+    server.log.clear()
+    c.snapshot("gpt2")
+    assert {r.method for r in server.log} == {"HEAD"}  # sizes compared, nothing fetched
+    assert server.requests("HEAD", "model.safetensors")
+    damage(os.path.join(path, "model.safetensors"), truncate_to=len(files["model.safetensors"]) - 1)
+    c.snapshot("gpt2")
+    assert open(os.path.join(path, "model.safetensors"), "rb").read() == files["model.safetensors"]
+
+
+@pytest.mark.parametrize("name", ["config.json", "vocab.json"])
+def test_a_small_cached_file_that_fails_its_hash_is_fetched_again(server, cache, files, name):
+    c = client(server, cache)
+    path = c.snapshot("gpt2")
+    damage(os.path.join(path, name))
+    server.log.clear()
+    c.snapshot("gpt2")
+    assert open(os.path.join(path, name), "rb").read() == files[name]
+    assert not server.requests(contains="model.safetensors")  # the intact files cost not even a HEAD
+    assert not server.requests(contains="merges.txt")
+
+
+# --------------------------------------------------------------------------- when the hub fails, the cache serves
+
+
+@pytest.mark.parametrize("status, retry_after", [(500, None), (503, None), (429, "30")])
+def test_a_cached_model_is_used_at_once_when_the_hub_keeps_failing(server, cache, status, retry_after):
+    path = client(server, cache).snapshot("gpt2")
+    server.log.clear()
+    server.faults.errors, server.faults.retry_after = [status] * 20, retry_after
+    patient = hub.Hub(cache_dir=cache, endpoint=server.endpoint, progress=False)  # 5 retries, 1 s backoff
+    start = time.monotonic()
+    assert patient.snapshot("gpt2") == path
+    assert time.monotonic() - start < 3  # one quick retry, not 31 s of backoff
+    assert len(server.log) == 2
+
+
+def test_a_cached_model_is_used_when_the_hub_does_not_answer_in_time(server, cache, monkeypatch):
+    path = client(server, cache).snapshot("gpt2")
+    monkeypatch.setattr(hub, "_QUICK_TIMEOUT", 0.1)  # 5 s, as the test would wait for it
+    server.faults.stall = 1.5
+    start = time.monotonic()
+    assert client(server, cache).snapshot("gpt2") == path
+    assert time.monotonic() - start < 1.0
+
+
+# --------------------------------------------------------------------------------------- retries and progress
+
+
+def test_a_download_that_keeps_getting_somewhere_is_not_given_up(server, cache, files):
+    server.faults.cut_after[weights_sha(files)] = [200_000] * 5
+    path = client(server, cache, retries=1).snapshot("gpt2")
+    assert open(os.path.join(path, "model.safetensors"), "rb").read() == files["model.safetensors"]
+    assert len(server.requests("GET", "/cdn/" + weights_sha(files))) == 6
+
+
+def test_a_download_that_gets_nowhere_gives_up_and_keeps_what_arrived(server, cache, files):
+    server.faults.cut_after[weights_sha(files)] = [200_000] + [0] * 5
+    with pytest.raises(npgpt.HubError, match="downloading model.safetensors kept failing .* run again to resume"):
+        client(server, cache, retries=2).snapshot("gpt2")
+    # the cut that brought bytes starts the count again: then the 2 retries, which bring none
+    assert len(server.requests("GET", "/cdn/" + weights_sha(files))) == 3
+    partial = os.path.join(cache, "models--openai-community--gpt2", "blobs", weights_sha(files) + ".incomplete")
+    assert 200_000 - 65_536 < os.path.getsize(partial) <= 200_000
+
+
+# ------------------------------------------------------------------------------------ a disk that fails
+
+
+class FillingDisk:
+    """A file being written on a disk that fails (ENOSPC: fills up) once `room` bytes are written."""
+
+    def __init__(self, file, room, code):
+        self.file, self.room, self.code = file, room, code
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(self.code, os.strerror(self.code))
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def fail_downloads_after(monkeypatch, room, code):
+    """The blobs being downloaded (*.incomplete) are written to a disk that fails after `room` bytes."""
+    real_open = open
+
+    def opener(path, mode="r", *args, **kwargs):
+        file = real_open(path, mode, *args, **kwargs)
+        writing = str(path).endswith(".incomplete") and mode[0] in "wa"
+        return FillingDisk(file, room, code) if writing else file
+
+    monkeypatch.setattr(hub, "open", opener, raising=False)
+
+
+def test_a_full_disk_names_the_file_and_what_to_do_and_frees_the_space(server, cache, files, monkeypatch):
+    old = client(server, cache).snapshot("gpt2")
+    weights = files["model.safetensors"] + b" "  # a new commit on main, with new weights to fetch
+    server.add_repo(REPO, dict(files, **{"model.safetensors": weights}))
+    fail_downloads_after(monkeypatch, 300_000, errno.ENOSPC)
+    with pytest.raises(npgpt.HubError) as e:
+        client(server, cache).snapshot("gpt2")
+    partial = os.path.join(cache, "models--openai-community--gpt2", "blobs",
+                           hashlib.sha256(weights).hexdigest() + ".incomplete")
+    assert str(e.value) == (f"gpt2 (openai-community/gpt2): the disk is full: cannot write {partial}, a file of "
+                            f"{len(weights) / 1e6:.1f} MB; free some space, or set HF_HUB_CACHE to a directory "
+                            "on a disk with room")
+    assert not os.path.exists(partial)  # it is what filled the disk
+    assert client(server, cache, offline=True).snapshot("gpt2") == old  # what was cached is untouched
+
+
+def test_a_write_error_while_downloading_names_the_file(server, cache, monkeypatch):
+    fail_downloads_after(monkeypatch, 300_000, errno.EIO)
+    with pytest.raises(npgpt.HubError) as e:
+        client(server, cache).snapshot("gpt2")
+    assert "cannot use the cache: " in str(e.value) and ".incomplete: Input/output error; " in str(e.value)
+    assert "\n" not in str(e.value) and "[Errno" not in str(e.value)
+    assert tree(cache) == []  # a first download leaves nothing behind
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_the_path(server, tmp_path):
+    (tmp_path / "file").write_text("")
+    cache = str(tmp_path / "file" / "cache")
+    with pytest.raises(npgpt.HubError) as e:
+        client(server, cache).snapshot("gpt2")
+    assert str(e.value) == (f"gpt2 (openai-community/gpt2): cannot use the cache: {cache}: Not a directory; "
+                            "make it writable, or set HF_HUB_CACHE to a directory that is")
+
+
+# ---------------------------------------------------------------------------------- credentials in HF_ENDPOINT
+
+
+def test_a_login_in_hf_endpoint_is_used_but_never_shown(server, cache, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", server.endpoint.replace("http://", "http://someone:pa%40ss@"))
+    monkeypatch.setenv("HF_HUB_CACHE", cache)
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    c = hub.Hub.from_env(progress=False)
+    assert c.endpoint == server.endpoint and "pa" + "%40ss" not in repr(c) and TOKEN not in repr(c)
+    c.snapshot("gpt2")
+    login = "Basic " + base64.b64encode(b"someone:pa@ss").decode()
+    assert all(r.headers.get("Authorization") == login for r in server.requests(server="hub"))
+    with pytest.raises(npgpt.HubError) as e:
+        c.snapshot("nobody/nothing")
+    messages = [str(e.value)]
+    for endpoint in ("http://someone:pa%40ss@127.0.0.1:9", "ftp://someone:pa%40ss@example.org"):
+        with pytest.raises(npgpt.HubError) as e:
+            hub.Hub(cache_dir=cache, endpoint=endpoint, retries=0, progress=False).snapshot("distilgpt2")
+        messages.append(str(e.value))
+    assert server.endpoint in messages[0] and "cannot reach http://127.0.0.1:9 " in messages[1]
+    assert messages[2] == "HF_ENDPOINT must be an http(s) URL, got 'ftp://example.org'"
+    assert not [m for m in messages if "pa%40ss" in m or "pa@ss" in m or "someone" in m or TOKEN in m]
+
+
+def test_a_redirect_with_a_login_is_refused_without_showing_it(server, cache):
+    server.faults.lfs_location = server.endpoint.replace("http://127.0.0.1", "http://someone:secret@localhost") \
+        + "/cdn/{sha}?signature=secret"
+    with pytest.raises(npgpt.HubError) as e:
+        client(server, cache).snapshot("gpt2")
+    assert "refusing a redirect to http://localhost:" in str(e.value) and "secret" not in str(e.value)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import __version__, hub, load, plots, study, views
-from .config import PRESETS, GPT2Config
-from .errors import NpgptError
+from .config import PRESETS
+from .errors import InputError, NpgptError
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,10 +54,18 @@ def early_stopping(text: str):
 early_stopping.__name__ = "true|false|never"
 
 
-def add_model_argument(parser):
-    parser.add_argument("--model", "-m", default="gpt2",
-                        help="a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, org/name) or a "
-                             "directory with config.json and model.safetensors (default: gpt2)")
+MODEL_NAMES = "a hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2, org/name) or a directory with " \
+              "config.json and model.safetensors"
+
+
+def add_model_arguments(parser, positional: bool = False, default: str | None = "gpt2", help: str | None = None):
+    """Which model a command uses, as --model NAME or as its positional argument (download, inspect), with the
+    hub revision and --quiet for the download progress bar. args.model holds it either way."""
+    help = help or f"{MODEL_NAMES} ({default})"
+    if positional:
+        parser.add_argument("model", nargs="?" if default else None, default=default, help=help)
+    else:
+        parser.add_argument("--model", "-m", default=default, help=help)
     parser.add_argument("--revision", help="hub branch, tag or commit (default: main)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no download progress bar")
 
@@ -84,6 +95,7 @@ def add_decoding_arguments(parser):
 
 
 def decoding_settings(args, tokenizer) -> dict:
+    """The decoding flags as generate()'s keyword settings (flags not given are left out)."""
     settings = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                     typical_p=args.typical_p, repetition_penalty=args.repetition_penalty,
                     presence_penalty=args.presence_penalty, frequency_penalty=args.frequency_penalty,
@@ -96,6 +108,17 @@ def decoding_settings(args, tokenizer) -> dict:
     return {k: v for k, v in settings.items() if v is not None}
 
 
+def generation_settings(args, tokenizer) -> dict:
+    """All of `npgpt generate`'s flags as generate()'s keyword settings."""
+    settings = decoding_settings(args, tokenizer)
+    settings.update(max_new_tokens=args.max_new_tokens, stop=args.stop, n=args.n, num_beams=args.num_beams,
+                    length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                    truncate_prompt=args.truncate_prompt)
+    if args.logprobs is not None:
+        settings.update(logprobs=True, top_logprobs=args.logprobs)
+    return settings
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="npgpt", description="GPT-2 inference and text generation in plain NumPy.")
     parser.add_argument("--version", action="version", version=f"npgpt {__version__}")
@@ -105,7 +128,7 @@ def build_parser() -> Parser:
     gen = commands.add_parser("generate", help="continue a prompt, streaming the text as it is produced")
     gen.add_argument("prompt", nargs="+", help="the text to continue ('' starts from <|endoftext|>); "
                                                 "several prompts are generated together as a batch")
-    add_model_argument(gen)
+    add_model_arguments(gen)
     gen.add_argument("--max-new-tokens", type=non_negative_int, default=50, help="at most this many (50)")
     gen.add_argument("--stop", action="append", default=[], help="stop before this text; repeatable")
     gen.add_argument("--num-return-sequences", "--n", dest="n", type=int, default=1,
@@ -121,196 +144,207 @@ def build_parser() -> Parser:
     gen.set_defaults(run=run_generate)
 
     dl = commands.add_parser("download", help="download a model from the hub into the cache (prints its path)")
-    dl.add_argument("name", help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 or org/name")
-    dl.add_argument("--revision", help="branch, tag or commit (default: main)")
-    dl.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_model_arguments(dl, positional=True, default=None,
+                        help="gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2 or org/name")
     dl.set_defaults(run=run_download)
 
     models = commands.add_parser("models", help="list the models in the Hugging Face cache, with their sizes")
     models.set_defaults(run=run_models)
 
-    add_study_commands(commands)
+    for experiment in EXPERIMENTS:
+        add_experiment(commands, experiment)
     return parser
 
 
 # ------------------------------------------------------------------------------------------- study commands
 
 
-def add_plot_argument(parser):
-    parser.add_argument("--plot", metavar="FILE.png", help="also write a figure (needs matplotlib: "
-                                                          "pip install 'npgpt[plot]')")
+@dataclass(frozen=True)
+class Experiment:
+    """A study command: `npgpt NAME` runs study.NAME, prints views.NAME of the result and, with --plot, draws
+    plots.NAME of it. The view and the figure are given the result, then what `about` gives."""
+
+    name: str
+    help: str
+    study: Callable  # study.NAME(model, **inputs, **decoding settings) -> result
+    view: Callable  # views.NAME(result, **about) -> text
+    figure: Callable  # plots.NAME(result, path, **about) -> path
+    add_arguments: Callable  # (parser): the command's own arguments
+    inputs: Callable  # (args) -> the study function's keyword arguments from the command line
+    about: Callable = lambda args: {}  # (args) -> what the view and the figure show besides the result
+    model: Callable = load_model  # (args) -> the study function's first argument: by default the --model
+    decoding: bool = False  # takes the decoding flags: they go to the study function, the view shows them
+    save: Callable | None = None  # (result, args): a file the command writes besides the figure
 
 
-def add_study_commands(commands):
-    c = commands.add_parser("topk", help="the most likely next tokens, with their probabilities")
-    c.add_argument("prompt")
-    c.add_argument("-k", type=int, default=10, help="how many candidates (10)")
-    add_model_argument(c)
-    add_decoding_arguments(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_topk)
-
-    c = commands.add_parser("trace", help="generate step by step: the text, the choice, its runners-up")
-    c.add_argument("prompt")
-    c.add_argument("-n", "--steps", type=non_negative_int, default=10, help="steps (10)")
-    c.add_argument("--alternatives", type=non_negative_int, default=3, help="runners-up shown per step (3)")
-    add_model_argument(c)
-    add_decoding_arguments(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_trace)
-
-    c = commands.add_parser("attention", help="one attention head's probabilities over the prompt's tokens")
-    c.add_argument("prompt")
-    c.add_argument("--layer", type=int, default=0, help="layer, from 0 (0)")
-    c.add_argument("--head", type=int, default=0, help="head, from 0 (0)")
-    c.add_argument("--values", action="store_true", help="print the numbers instead of shades")
-    add_model_argument(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_attention)
-
-    c = commands.add_parser("mask", help="the causal attention mask: 0 on and below the diagonal, -inf above")
-    c.add_argument("n", type=int, help="sequence length")
-    add_plot_argument(c)
-    c.set_defaults(run=run_mask)
-
-    c = commands.add_parser("inspect", help="the architecture as a tree with shapes and parameter counts")
-    c.add_argument("model", nargs="?", default="gpt2", help="a hub name or a model directory (gpt2); a preset "
-                                                          "that is not cached is shown from its configuration")
-    c.add_argument("--revision", help="hub branch, tag or commit")
-    c.add_argument("--quiet", "-q", action="store_true", help="no download progress bar")
-    add_plot_argument(c)
-    c.set_defaults(run=run_inspect)
-
-    c = commands.add_parser("temperature", help="how temperature reshapes the top of the distribution")
-    c.add_argument("prompt")
-    c.add_argument("--t", type=float, nargs="+", default=[0.1, 0.7, 1.5], metavar="T", help="temperatures")
-    c.add_argument("--top", type=int, default=20, help="tokens shown (20)")
-    add_model_argument(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_temperature)
-
-    c = commands.add_parser("compare", help="greedy, temperature, top-k and top-p continuations side by side")
-    c.add_argument("prompt")
-    c.add_argument("--max-new-tokens", type=non_negative_int, default=30, help="tokens per continuation (30)")
-    c.add_argument("--seed", type=int, default=0, help="the seed every sampled row uses (0)")
-    add_model_argument(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_compare)
-
-    c = commands.add_parser("score", help="perplexity of a text file, with a sliding window")
-    c.add_argument("file", help="a UTF-8 text file ('-' reads standard input)")
-    c.add_argument("--window", type=int, help="tokens per window (the model's context)")
-    c.add_argument("--stride", type=int, help="tokens between window starts (half a window)")
-    add_model_argument(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_score)
-
-    c = commands.add_parser("hidden", help="the hidden states of every layer")
-    c.add_argument("prompt")
-    c.add_argument("--out", metavar="FILE.npz", help="save them (hidden_states [L+1, T, C], ids, tokens)")
-    add_model_argument(c)
-    add_plot_argument(c)
-    c.set_defaults(run=run_hidden)
+def add_experiment(commands, e: Experiment) -> None:
+    c = commands.add_parser(e.name, help=e.help)
+    e.add_arguments(c)
+    if e.model is load_model:
+        add_model_arguments(c)
+    if e.decoding:
+        add_decoding_arguments(c)
+    c.add_argument("--plot", metavar="FILE.png", help="also draw a figure (.png, .svg or .pdf; needs matplotlib: "
+                                                      "pip install 'npgpt[plot]')")
+    c.set_defaults(run=functools.partial(run_experiment, e))
 
 
-def show(args, text: str, draw) -> int:
-    """Print a study command's terminal view; with --plot, also draw its figure: draw(path)."""
-    print(text)
+def run_experiment(e: Experiment, args) -> int:
+    inputs, about = e.inputs(args), e.about(args)  # first: a file that cannot be read fails before loading
+    model = e.model(args)
+    if e.decoding:
+        settings = decoding_settings(args, model.tokenizer)
+        inputs.update(settings)
+        about["settings"] = settings
+    result = e.study(*([] if model is None else [model]), **inputs)
+    if e.save:  # before the view: a file that cannot be written leaves only the error
+        e.save(result, args)
+    print(e.view(result, **about))
     if args.plot:
-        print(f"wrote {draw(args.plot)}", file=sys.stderr)
+        print(f"wrote {e.figure(result, args.plot, **about)}", file=sys.stderr)
     return 0
 
 
-def run_topk(args) -> int:
-    model = load_model(args)
-    settings = decoding_settings(args, model.tokenizer)
-    settings.pop("seed", None)
-    cands = study.top_k(model, args.prompt, k=args.k, **settings)
-    rules = ", ".join(f"{k}={v}" for k, v in settings.items() if v)  # the rules given (zero ones are off)
-    title = f"next token after {args.prompt!r}" + (f" ({rules})" if rules else "")
-    return show(args, views.candidates(cands, title), lambda path: plots.candidates(cands, title, path))
+def prompt_argument(parser):
+    parser.add_argument("prompt", help="the text ('' is <|endoftext|>)")
 
 
-def run_trace(args) -> int:
-    model = load_model(args)
-    settings = decoding_settings(args, model.tokenizer)
-    steps = study.trace(model, args.prompt, steps=args.steps, alternatives=args.alternatives, **settings)
-    return show(args, views.trace(steps, args.prompt), lambda path: plots.trace(steps, args.prompt, path))
+def topk_arguments(c):
+    prompt_argument(c)
+    c.add_argument("-k", type=int, default=10, help="how many candidates (10)")
 
 
-def run_attention(args) -> int:
-    model = load_model(args)
-    tokens, probs = study.attention_map(model, args.prompt, args.layer, args.head)
-    return show(args, views.attention(tokens, probs, args.layer, args.head, values=args.values),
-                lambda path: plots.attention(tokens, probs, args.layer, args.head, path))
+def trace_arguments(c):
+    prompt_argument(c)
+    c.add_argument("-n", "--steps", type=non_negative_int, default=10, help="steps (10)")
+    c.add_argument("--alternatives", type=non_negative_int, default=3, help="runners-up shown per step (3)")
 
 
-def run_mask(args) -> int:
-    m = study.causal_mask(args.n)
-    return show(args, views.mask(m), lambda path: plots.mask(m, path))
+def attention_arguments(c):
+    prompt_argument(c)
+    c.add_argument("--layer", type=int, default=0, help="layer, from 0 (0)")
+    c.add_argument("--head", type=int, default=0, help="head, from 0 (0)")
+    c.add_argument("--values", action="store_true", help="show the numbers (in the terminal instead of shades)")
 
 
-def run_inspect(args) -> int:
-    subject = inspect_subject(args)
-    part = study.architecture(subject)
-    if isinstance(subject, GPT2Config):
-        print(f"{args.model}: not cached, shown from its preset configuration (npgpt download {args.model} "
-              "fetches the checkpoint)")
-    return show(args, views.tree(part), lambda path: plots.architecture(part, path))
+def mask_arguments(c):
+    c.add_argument("n", type=int, help="sequence length")
+
+
+def inspect_arguments(c):
+    add_model_arguments(c, positional=True, help=f"{MODEL_NAMES} (gpt2); a preset that is not cached is shown "
+                                                 "from its configuration")
+
+
+def temperature_arguments(c):
+    prompt_argument(c)
+    c.add_argument("--t", dest="temperatures", type=float, nargs="+", default=[0.1, 0.7, 1.5], metavar="T",
+                   help="temperatures (0.1 0.7 1.5)")
+    c.add_argument("--top", type=int, default=20, help="tokens shown (20)")
+
+
+def compare_arguments(c):
+    prompt_argument(c)
+    c.add_argument("--max-new-tokens", type=non_negative_int, default=30, help="tokens per continuation (30)")
+    c.add_argument("--seed", type=int, default=0, help="the seed every sampled row uses (0)")
+
+
+def score_arguments(c):
+    c.add_argument("file", help="a UTF-8 text file ('-' reads standard input)")
+    c.add_argument("--window", type=int, help="tokens per window (the model's context)")
+    c.add_argument("--stride", type=int, help="tokens between window starts (half a window)")
+
+
+def hidden_arguments(c):
+    prompt_argument(c)
+    c.add_argument("--out", metavar="FILE.npz", help="save them (hidden_states [L+1, T, C], ids, tokens)")
+
+
+def no_model(args):  # mask: the study function takes no model
+    return None
 
 
 def inspect_subject(args):
-    """A loaded model (its checkpoint's tensors are counted), or a preset's configuration when that preset
-    is not in the cache (nothing is downloaded just to draw the tree)."""
+    """A loaded model (its checkpoint's tensors are counted), or a preset's name when that preset is not in
+    the cache: its tree is drawn from its configuration, and nothing is downloaded just for that."""
     if args.model in PRESETS and not os.path.exists(args.model):
         try:
             path = hub.Hub.from_env(offline=True).snapshot(args.model, args.revision)
         except hub.HubError:
-            return GPT2Config.preset(args.model)
+            print(f"{args.model}: not cached, shown from its preset configuration (npgpt download {args.model} "
+                  "fetches the checkpoint)", file=sys.stderr)
+            return args.model
         return load(path)
-    return load(args.model, revision=args.revision, progress=False if args.quiet else None)
+    return load_model(args)
 
 
-def run_temperature(args) -> int:
-    model = load_model(args)
-    base, table = study.temperature_table(model, args.prompt, args.t, top=args.top)
-    return show(args, f"after {args.prompt!r}\n" + views.temperatures(base, table),
-                lambda path: plots.temperatures(base, table, path))
-
-
-def run_compare(args) -> int:
-    model = load_model(args)
-    rows = study.compare(model, args.prompt, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    return show(args, views.compare(rows, args.prompt), lambda path: plots.compare(rows, args.prompt, path))
-
-
-def run_score(args) -> int:
+def read_text(path: str) -> str:
+    """A UTF-8 text file ('-': standard input), or an InputError that says why it cannot be read."""
     try:
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            with open(args.file, encoding="utf-8") as f:
-                text = f.read()
+        if path == "-":
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as f:
+            return f.read()
     except FileNotFoundError:
-        raise NpgptError(f"{args.file}: no such file") from None
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a text file") from None
     except UnicodeDecodeError:
-        raise NpgptError(f"{args.file}: not UTF-8 text") from None
-    model = load_model(args)
-    score = study.perplexity(model, text, window=args.window, stride=args.stride)
-    return show(args, views.score(score, args.file), lambda path: plots.score(score, path))
+        raise InputError(f"{path}: not UTF-8 text") from None
+    except OSError as e:  # e.g. no permission
+        raise InputError(f"{path}: cannot read it: {e.strerror or e}") from None
 
 
-def run_hidden(args) -> int:
-    model = load_model(args)
-    tokens, ids, states = study.hidden_states(model, args.prompt)
-    if args.out:
-        np.savez(args.out, hidden_states=states, ids=np.array(ids), tokens=np.array(tokens))
-        print(f"wrote {args.out if args.out.endswith('.npz') else args.out + '.npz'}", file=sys.stderr)
-    return show(args, views.hidden(tokens, states), lambda path: plots.hidden(tokens, states, path))
+def save_hidden(result, args) -> None:
+    """hidden --out: the states, ids and tokens as plain arrays in an .npz file (no pickle to read them)."""
+    if not args.out:
+        return
+    path = args.out if args.out.endswith(".npz") else args.out + ".npz"  # np.savez adds the suffix
+    try:
+        np.savez(path, hidden_states=result.states, ids=np.array(result.ids), tokens=np.array(result.tokens))
+    except OSError as e:
+        raise NpgptError(f"cannot write {path}: {e.strerror or e}") from None
+    print(f"wrote {path}", file=sys.stderr)
+
+
+EXPERIMENTS = [
+    Experiment("topk", "the most likely next tokens, with their probabilities",
+               study.topk, views.topk, plots.topk, topk_arguments,
+               inputs=lambda a: dict(prompt=a.prompt, k=a.k), about=lambda a: dict(prompt=a.prompt), decoding=True),
+    Experiment("trace", "generate step by step: the text, the choice, its runners-up",
+               study.trace, views.trace, plots.trace, trace_arguments,
+               inputs=lambda a: dict(prompt=a.prompt, steps=a.steps, alternatives=a.alternatives),
+               about=lambda a: dict(prompt=a.prompt), decoding=True),
+    Experiment("attention", "one attention head's probabilities over the prompt's tokens",
+               study.attention, views.attention, plots.attention, attention_arguments,
+               inputs=lambda a: dict(prompt=a.prompt, layer=a.layer, head=a.head),
+               about=lambda a: dict(layer=a.layer, head=a.head, values=a.values)),
+    Experiment("mask", "the causal attention mask: 0 on and below the diagonal, -inf above",
+               study.mask, views.mask, plots.mask, mask_arguments,
+               inputs=lambda a: dict(n=a.n), model=no_model),
+    Experiment("inspect", "the architecture as a tree with shapes and parameter counts",
+               study.inspect, views.inspect, plots.inspect, inspect_arguments,
+               inputs=lambda a: {}, model=inspect_subject),
+    Experiment("temperature", "how temperature reshapes the top of the distribution",
+               study.temperature, views.temperature, plots.temperature, temperature_arguments,
+               inputs=lambda a: dict(prompt=a.prompt, temperatures=a.temperatures, top=a.top),
+               about=lambda a: dict(prompt=a.prompt)),
+    Experiment("compare", "greedy, temperature, top-k and top-p continuations side by side",
+               study.compare, views.compare, plots.compare, compare_arguments,
+               inputs=lambda a: dict(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed),
+               about=lambda a: dict(prompt=a.prompt)),
+    Experiment("score", "perplexity of a text file, with a sliding window",
+               study.score, views.score, plots.score, score_arguments,
+               inputs=lambda a: dict(text=read_text(a.file), window=a.window, stride=a.stride),
+               about=lambda a: dict(source=a.file)),
+    Experiment("hidden", "the hidden states of every layer",
+               study.hidden, views.hidden, plots.hidden, hidden_arguments,
+               inputs=lambda a: dict(prompt=a.prompt), save=save_hidden),
+]
 
 
 def run_download(args) -> int:
-    path = hub.Hub.from_env(progress=False if args.quiet else None).snapshot(args.name, args.revision)
+    path = hub.Hub.from_env(progress=False if args.quiet else None).snapshot(args.model, args.revision)
     print(path)
     return 0
 
@@ -334,12 +368,7 @@ def run_models(args) -> int:
 
 def run_generate(args) -> int:
     model = load_model(args)
-    settings = decoding_settings(args, model.tokenizer)
-    settings.update(max_new_tokens=args.max_new_tokens, stop=args.stop, n=args.n, num_beams=args.num_beams,
-                    length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-                    truncate_prompt=args.truncate_prompt)
-    if args.logprobs is not None:
-        settings.update(logprobs=True, top_logprobs=args.logprobs)
+    settings = generation_settings(args, model.tokenizer)
     out = sys.stdout
     if len(args.prompt) == 1 and args.n == 1 and args.num_beams == 1:
         stream_one(model, args.prompt[0], settings, echo=not args.no_echo)
@@ -391,15 +420,14 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="replace")
     try:
         if getattr(args, "plot", None):
-            plots.require_matplotlib()  # before any work
+            plots.check_path(args.plot)  # before any work: matplotlib, the directory, the format
         return args.run(args)
-    except (NpgptError, OSError, ValueError, MemoryError) as e:
-        if isinstance(e, BrokenPipeError):  # e.g. `npgpt generate ... | head -1`
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-            return 0
-        message = str(e) or type(e).__name__
-        print(f"npgpt: error: {message}", file=sys.stderr)
+    except NpgptError as e:  # anything else is a bug in npgpt: its traceback is what to report
+        print(f"npgpt: error: {str(e) or type(e).__name__}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `npgpt generate ... | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -1,5 +1,8 @@
-"""Figures of the study experiments, written as PNG files. Needs matplotlib (`pip install "npgpt[plot]"`), an
-optional extra: nothing else in npgpt imports it, and only these functions do, when called."""
+"""Figures of the study experiments, written as image files. Needs matplotlib (`pip install "npgpt[plot]"`),
+an optional extra: nothing else in npgpt imports it, and only these functions do, when called.
+
+plots.NAME(result, path, ...) draws what study.NAME returned (views.NAME(result, ...) shows it as text).
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,29 @@ import os
 import numpy as np
 
 from .errors import NpgptError
+from .views import describe, topk_title
 
 INSTALL = "pip install 'npgpt[plot]'"
+FORMATS = (".png", ".svg", ".pdf", ".jpg", ".jpeg")
 
 
-def require_matplotlib() -> None:
+def check_path(path) -> None:
+    """Refuse, before any work, a figure that cannot be written: no matplotlib, a missing directory, a name
+    without a known format."""
     _pyplot()
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise NpgptError(f"cannot write {path}: no such directory {directory}")
+    if not path.lower().endswith(FORMATS):
+        raise NpgptError(f"cannot write {path}: name a {', '.join(f[1:] for f in FORMATS)} file, e.g. figure.png")
 
 
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise NpgptError(f"--plot needs matplotlib, which is not installed: {INSTALL}") from None
+        raise NpgptError(f"figures (--plot) need matplotlib, which is not installed: {INSTALL}") from None
     matplotlib.use("Agg")  # files only, no screen needed
     import matplotlib.pyplot as plt
 
@@ -28,11 +41,13 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise NpgptError(f"cannot write {path}: no such directory {directory}")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    _pyplot().close(fig)
+    try:
+        check_path(path)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    except OSError as e:  # e.g. no permission, a full disk
+        raise NpgptError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        _pyplot().close(fig)
     return path
 
 
@@ -40,18 +55,18 @@ def _label(text: str) -> str:
     return repr(text)
 
 
-def candidates(cands, title: str, path: str) -> str:
+def topk(cands, path: str, prompt, settings: dict | None = None) -> str:
     """Bar chart of next-token candidates and their probabilities (notebook 002)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(cands)), 4))
     ax.bar([_label(c.token) for c in cands], [c.probability for c in cands], color="tab:blue")
     ax.set_ylabel("probability")
-    ax.set_title(title)
+    ax.set_title(topk_title(prompt, settings))
     ax.tick_params(axis="x", rotation=60)
     return _save(fig, path)
 
 
-def trace(steps, prompt: str, path: str) -> str:
+def trace(steps, path: str, prompt, settings: dict | None = None) -> str:
     """Each step's chosen token and its runners-up, with their probabilities."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(steps) + 1), 4.5))
@@ -68,17 +83,24 @@ def trace(steps, prompt: str, path: str) -> str:
     ax.set_xticks([i + (group - 1) * width / 2 for i in range(len(steps))],
                   [f"step {s.step}\nT={s.logits_shape[1]}" for s in steps], fontsize=8)
     ax.set_ylabel("probability")
-    ax.set_title(f"generating from {prompt!r}\nchosen token (blue) and runners-up (grey); T: positions in the "
-                 "forward pass", fontsize=10)
+    ax.set_title(f"generating from {prompt!r}{describe(settings)}\nchosen token (blue) and runners-up (grey); "
+                 "T: positions in the forward pass", fontsize=10)
     return _save(fig, path)
 
 
-def attention(tokens: list[str], probs: np.ndarray, layer: int, head: int, path: str) -> str:
-    """Heatmap of one head's attention probabilities, labelled with the tokens (notebook 001)."""
+def attention(result, path: str, layer: int, head: int, values: bool = False) -> str:
+    """Heatmap of one head's attention probabilities, labelled with the tokens (notebook 001); values=True
+    writes the numbers in the cells. result: study.attention's (tokens, probs)."""
+    tokens, probs = result
     plt = _pyplot()
     n = len(tokens)
     fig, ax = plt.subplots(figsize=(max(5, 0.5 * n + 2), max(4, 0.5 * n + 1)))
     image = ax.imshow(probs, cmap="viridis", vmin=0, vmax=1)
+    if values:
+        for i in range(n):
+            for j in range(i + 1):
+                ax.text(j, i, f"{probs[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if probs[i, j] > 0.5 else "white")
     labels = [_label(t) for t in tokens]
     ax.set_xticks(range(n), labels, rotation=90)
     ax.set_yticks(range(n), labels)
@@ -107,7 +129,7 @@ def mask(m: np.ndarray, path: str) -> str:
     return _save(fig, path)
 
 
-def architecture(part, path: str) -> str:
+def inspect(part, path: str) -> str:
     """Parameters per part: embeddings, the blocks' attention, MLP and LayerNorms, the final LayerNorm, the head."""
     plt = _pyplot()
     blocks = next(p for p in part.children if p.name == "h").children
@@ -134,8 +156,10 @@ def architecture(part, path: str) -> str:
     return _save(fig, path)
 
 
-def temperatures(base, table: dict, path: str) -> str:
-    """One bar chart per temperature over the same top tokens (notebook 001)."""
+def temperature(result, path: str, prompt) -> str:
+    """One bar chart per temperature over the same top tokens (notebook 001).
+    result: study.temperature's (candidates, {temperature: their probabilities})."""
+    base, table = result
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
     labels = [_label(c.token) for c in base]
@@ -144,11 +168,12 @@ def temperatures(base, table: dict, path: str) -> str:
         ax.set_title(f"temperature = {t:g}")
         ax.tick_params(axis="x", rotation=90)
         ax.set_ylabel("probability")
+    fig.suptitle(f"after {prompt!r}")
     fig.tight_layout()
     return _save(fig, path)
 
 
-def compare(rows, prompt: str, path: str) -> str:
+def compare(rows, path: str, prompt) -> str:
     """The continuations side by side, each row labelled with its settings (notebook 004)."""
     import textwrap
 
@@ -167,7 +192,7 @@ def compare(rows, prompt: str, path: str) -> str:
     return _save(fig, path)
 
 
-def score(s, path: str) -> str:
+def score(s, path: str, source: str = "text") -> str:
     """How surprising each token is (-log p, nats) along the text, with the perplexity."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 3.5))
@@ -175,13 +200,14 @@ def score(s, path: str) -> str:
     ax.axhline(s.mean_nll, color="tab:red", lw=1, label=f"mean {s.mean_nll:.2f} nats: perplexity {s.perplexity:.1f}")
     ax.set_xlabel("token position")
     ax.set_ylabel("-log p(token | before)")
-    ax.set_title(f"surprisal along the text (window {s.window}, stride {s.stride})")
+    ax.set_title(f"surprisal along {source} (window {s.window}, stride {s.stride})")
     ax.legend()
     return _save(fig, path)
 
 
-def hidden(tokens: list[str], states: np.ndarray, path: str) -> str:
-    """Length of every token's hidden state after every layer."""
+def hidden(result, path: str) -> str:
+    """Length of every token's hidden state after every layer. result: study.hidden's (tokens, ids, states)."""
+    tokens, _, states = result
     plt = _pyplot()
     norms = np.linalg.norm(states, axis=-1)  # [L + 1, T]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(tokens) + 2), max(3, 0.35 * len(norms) + 1)))

@@ -1,4 +1,7 @@
-"""Plain-text views of the study experiments (npgpt.study) for a terminal: tables, bars, shaded matrices, trees."""
+"""Plain-text views of the study experiments for a terminal: tables, bars, shaded matrices, trees.
+
+views.NAME(result, ...) shows what study.NAME returned (the figure is plots.NAME(result, path, ...)).
+"""
 
 from __future__ import annotations
 
@@ -20,18 +23,30 @@ def token(text: str) -> str:
     return repr(text)
 
 
-def candidates(cands, title: str) -> str:
+def describe(settings: dict | None, leave_out: tuple[str, ...] = ()) -> str:
+    """The settings that were given, as ' (name=value, ...)': those at zero or empty are off and not shown."""
+    given = ", ".join(f"{k}={v}" for k, v in (settings or {}).items() if v and k not in leave_out)
+    return f" ({given})" if given else ""
+
+
+def topk_title(prompt, settings: dict | None = None) -> str:
+    # a seed changes nothing in one distribution: showing it would suggest it does
+    return f"next token after {prompt!r}" + describe(settings, leave_out=("seed",))
+
+
+def topk(cands, prompt, settings: dict | None = None) -> str:
+    """The candidates ranked, with their probabilities as numbers and bars."""
     width = max(len(token(c.token)) for c in cands)
     top = max(c.probability for c in cands) or 1.0
-    lines = [title, f"{'#':>3}  {'token':<{width}}  {'id':>6}  {'probability':>11}"]
+    lines = [topk_title(prompt, settings), f"{'#':>3}  {'token':<{width}}  {'id':>6}  {'probability':>11}"]
     for rank, c in enumerate(cands, 1):
         lines.append(f"{rank:>3}  {token(c.token):<{width}}  {c.id:>6}  {c.probability:>11.4%}  "
                      f"{bar(c.probability / top)}")
     return "\n".join(lines)
 
 
-def trace(steps, prompt: str) -> str:
-    lines = [f"Prompt: {prompt!r}", ""]
+def trace(steps, prompt, settings: dict | None = None) -> str:
+    lines = [f"Prompt: {prompt!r}{describe(settings)}", ""]
     for s in steps:
         others = ", ".join(f"{token(c.token)} {c.probability:.1%}" for c in s.runners_up)
         lines.append(f"Step {s.step}: {s.text!r}")
@@ -40,8 +55,10 @@ def trace(steps, prompt: str) -> str:
     return "\n".join(lines)
 
 
-def attention(tokens: list[str], probs: np.ndarray, layer: int, head: int, values: bool = False) -> str:
-    """Row i: how query token i spreads its attention over tokens 0..i (blank above the diagonal: 0)."""
+def attention(result, layer: int, head: int, values: bool = False) -> str:
+    """Row i: how query token i spreads its attention over tokens 0..i (blank above the diagonal: 0), in
+    shades, or as numbers with values=True. result: study.attention's (tokens, probs)."""
+    tokens, probs = result
     labels = [f"{i:>2} {token(t)[:14]:<14}" for i, t in enumerate(tokens)]
     lines = [f"attention probabilities, layer {layer}, head {head} (rows: queries, columns: keys; each row sums to 1)"]
     header = " " * 18 + "".join(f"{j:>6}" if values else f"{j % 100:>2}" for j in range(len(tokens)))
@@ -72,7 +89,7 @@ def mask(m: np.ndarray) -> str:
     return "\n".join(lines)
 
 
-def tree(part, depth_limit: int | None = None) -> str:
+def inspect(part) -> str:
     """The architecture with parameter counts; of the identical blocks only the first is opened."""
     lines = []
 
@@ -100,9 +117,12 @@ def tree(part, depth_limit: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def temperatures(base, table: dict) -> str:
+def temperature(result, prompt) -> str:
+    """result: study.temperature's (candidates, {temperature: their probabilities})."""
+    base, table = result
     width = max(len(token(c.token)) for c in base)
-    lines = ["probability of the top tokens (ranked at temperature 1) after dividing the logits by t",
+    lines = [f"after {prompt!r}",
+             "probability of the top tokens (ranked at temperature 1) after dividing the logits by t",
              f"{'token':<{width}}" + "".join(f"  {'t=' + format(t, 'g'):<20}" for t in table)]
     for i, c in enumerate(base):
         cells = "".join(f"  {p[i]:7.2%} {bar(p[i], 11):<11}" for p in table.values())
@@ -110,7 +130,7 @@ def temperatures(base, table: dict) -> str:
     return "\n".join(lines)
 
 
-def compare(rows, prompt: str) -> str:
+def compare(rows, prompt) -> str:
     width = max(len(label) for label, _ in rows)
     lines = [f"Prompt: {prompt!r}", ""]
     for label, text in rows:
@@ -118,13 +138,16 @@ def compare(rows, prompt: str) -> str:
     return "\n".join(lines)
 
 
-def score(s, path: str) -> str:
-    return (f"{path}: perplexity {s.perplexity:.3f} over {s.tokens:,} tokens (mean -log p {s.mean_nll:.4f} nats), "
+def score(s, source: str = "text") -> str:
+    """One line: the perplexity, what it was measured over, and the speed; source names the text."""
+    return (f"{source}: perplexity {s.perplexity:.3f} over {s.tokens:,} tokens (mean -log p {s.mean_nll:.4f} nats), "
             f"window {s.window}, stride {s.stride}; {s.tokens_per_second:,.0f} tokens/s")
 
 
-def hidden(tokens: list[str], states: np.ndarray) -> str:
-    """Per layer, the length of each token's hidden-state vector (the residual stream grows layer by layer)."""
+def hidden(result) -> str:
+    """Per layer, the length of each token's hidden-state vector (the residual stream grows layer by layer).
+    result: study.hidden's (tokens, ids, states)."""
+    tokens, _, states = result
     norms = np.linalg.norm(states, axis=-1)  # [L + 1, T]
     lines = [f"hidden states [{states.shape[0]} = embeddings + {states.shape[0] - 1} layers, {states.shape[1]} tokens, "
              f"{states.shape[2]} wide]; the table shows each vector's length (the last is after ln_f)",

@@ -5,6 +5,9 @@ import subprocess
 import sys
 from importlib.metadata import entry_points
 
+import numpy as np
+import pytest
+
 from conftest import golden_dir
 
 
@@ -88,15 +91,147 @@ def test_bad_arguments_are_one_line(micro_dir):
     one_line_error(npgpt(), code=2)
 
 
-def test_every_decoding_flag_is_accepted_and_used(micro_dir):
-    base = ("generate", "Hello", "--model", micro_dir, "--max-new-tokens", "6", "--no-echo")
-    plain = npgpt(*base, "--temperature", "1", "--seed", "2")
-    flags = ["--top-k", "20", "--top-p", "0.9", "--min-p", "0.01", "--typical-p", "0.99", "--repetition-penalty",
-             "1.2", "--presence-penalty", "0.5", "--frequency-penalty", "0.5", "--bias", "the=-5", "--bias",
-             "50256=-100", "--ban", "and", "--no-repeat-ngram-size", "2", "--min-new-tokens", "2", "--stop", "zz"]
-    r = npgpt(*base, "--temperature", "1", "--seed", "2", *flags)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout != plain.stdout
+# Every flag of `npgpt generate` that shapes what is generated, with the rule or setting it must reach.
+PROMPT = "Hello"
+RULE_FLAGS = [  # (flags, the decoding rule they make, its parameters)
+    (["--temperature", "0.5"], "Temperature", {"temperature": 0.5}),
+    (["-t", "1.5"], "Temperature", {"temperature": 1.5}),
+    (["--top-k", "20"], "TopK", {"k": 20}),
+    (["--top-p", "0.9"], "TopP", {"p": 0.9}),
+    (["--min-p", "0.05"], "MinP", {"min_p": 0.05}),
+    (["--typical-p", "0.8"], "TypicalP", {"mass": 0.8}),
+    (["--repetition-penalty", "1.3"], "RepetitionPenalty", {"penalty": 1.3}),
+    (["--presence-penalty", "0.5"], "PresenceFrequencyPenalty", {"presence": 0.5, "frequency": 0.0}),
+    (["--frequency-penalty", "0.7"], "PresenceFrequencyPenalty", {"presence": 0.0, "frequency": 0.7}),
+    (["--no-repeat-ngram-size", "3"], "NoRepeatNGram", {"size": 3}),
+    (["--min-new-tokens", "4"], "MinNewTokens", {"min_new_tokens": 4, "prompt_length": 1}),
+]
+SETTING_FLAGS = [  # (flags, the generation setting they set, its value)
+    (["--seed", "4"], "seed", 4),
+    (["--max-new-tokens", "7"], "max_new_tokens", 7),
+    (["--stop", "zz", "--stop", "yy"], "stop", ["zz", "yy"]),
+    (["--n", "2", "--temperature", "1"], "n", 2),
+    (["--num-return-sequences", "3", "--temperature", "1"], "n", 3),
+    (["--num-beams", "3"], "num_beams", 3),
+    (["--length-penalty", "0.5", "--num-beams", "2"], "length_penalty", 0.5),
+    (["--early-stopping", "never", "--num-beams", "2"], "early_stopping", "never"),
+    (["--logprobs", "2"], "top_logprobs", 2),
+    (["--logprobs"], "logprobs", True),
+    (["--truncate-prompt"], "truncate_prompt", True),
+]
+BEHAVIOUR_FLAGS = ["--bias", "--ban"]  # checked by what they do to the logits, below
+NOT_SETTINGS = {"-h", "--model", "--revision", "--quiet", "--no-echo"}  # which model, and how text is printed
+
+
+def parsed_settings(micro, flags, command="generate"):
+    """The CLI's own path: parse the flags, turn them into keyword settings, then Settings.parse."""
+    from npgpt.cli import build_parser, decoding_settings, generation_settings
+    from npgpt.settings import Settings
+
+    args = build_parser().parse_args([command, PROMPT, *flags])
+    make = generation_settings if command == "generate" else decoding_settings
+    return Settings.parse(micro, make(args, micro.tokenizer))
+
+
+def rules_made(micro, flags, command="generate"):
+    prompt_length = len(micro.tokenizer.encode(PROMPT))
+    return parsed_settings(micro, flags, command).sampler.rules(prompt_length)
+
+
+@pytest.mark.parametrize("command", ["generate", "topk", "trace"])
+@pytest.mark.parametrize("flags, rule, parameters", RULE_FLAGS, ids=lambda x: x[0] if isinstance(x, list) else "")
+def test_each_decoding_flag_makes_the_rule_it_names(micro, command, flags, rule, parameters):
+    rules = [r for r in rules_made(micro, flags, command) if type(r).__name__ != "SuppressTokens"]
+    assert [type(r).__name__ for r in rules] == [rule], rules  # that rule, and no other
+    for name, value in parameters.items():
+        assert getattr(rules[0], name) == pytest.approx(value), (rules[0], name)
+
+
+@pytest.mark.parametrize("flags, name, value", SETTING_FLAGS, ids=lambda x: x[0] if isinstance(x, list) else "")
+def test_each_generation_flag_sets_its_setting(micro, flags, name, value):
+    assert getattr(parsed_settings(micro, flags), name) == value
+
+
+@pytest.mark.parametrize("command", ["generate", "topk", "trace"])
+def test_bias_and_ban_reach_the_logits_of_their_words_tokens(micro, command):
+    the = set(micro.tokenizer.encode("the") + micro.tokenizer.encode(" the"))
+    rules = rules_made(micro, ["--bias", "the=-5", "--bias", "50256=2.5", "--ban", "and"], command)
+    logits = np.zeros((1, micro.config.vocab_size), np.float32)
+    ids = np.array([micro.tokenizer.encode(PROMPT)])
+    bias, ban = (r for r in rules if type(r).__name__ in ("LogitBias", "BannedSequences"))
+    biased = bias(ids, logits)[0]
+    assert {int(i) for i in np.flatnonzero(biased == -5)} == the and biased[50256] == 2.5
+    assert np.count_nonzero(biased) == len(the) + 1
+    banned = set(np.flatnonzero(np.isneginf(ban(ids, logits)[0])))
+    assert banned == set(micro.tokenizer.encode("and") + micro.tokenizer.encode(" and"))
+
+
+def test_every_flag_is_covered_by_the_tests_above():
+    """A flag added to `npgpt generate` (or to the decoding flags every study command shares) needs a line in
+    RULE_FLAGS or SETTING_FLAGS; a flag removed or renamed makes those fail."""
+    from npgpt.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    covered = {f for flags, *_ in RULE_FLAGS + SETTING_FLAGS for f in flags if f.startswith("-")}
+    covered |= set(BEHAVIOUR_FLAGS) | NOT_SETTINGS
+    for action in commands["generate"]._actions:
+        if action.option_strings:
+            assert set(action.option_strings) & covered, f"no test for {action.option_strings}"
+
+    def decoding_flags(command):
+        return {f for a in commands[command]._actions for f in a.option_strings if a.container.title
+                and a.container.title.startswith("decoding rules")}
+
+    assert decoding_flags("topk") == decoding_flags("trace") == decoding_flags("generate")
+    assert decoding_flags("generate") <= covered
+
+
+# End to end: the command's output is what generate() gives with the same settings, and differs from the
+# output without the flag.
+
+
+def run_cli(capsys, *args):
+    from npgpt.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
+def test_decoding_flags_end_to_end(micro_dir, capsys):
+    import npgpt as api
+
+    model = api.load(micro_dir)
+    base = ("generate", PROMPT, "--model", micro_dir, "--max-new-tokens", "5", "--no-echo")
+    greedy = model.generate(PROMPT, max_new_tokens=5)
+    assert run_cli(capsys, *base) == greedy + "\n"
+    word = greedy.split()[0]  # the word greedy decoding produces first
+    cases = [
+        (["--bias", f"{word}=-100"], dict(logit_bias={word: -100.0})),
+        (["--ban", word], dict(bad_words_ids=[model.tokenizer.encode(word), model.tokenizer.encode(" " + word)])),
+        (["--stop", word[1:3]], dict(stop=[word[1:3]])),
+        (["--temperature", "1", "--seed", "4"], dict(temperature=1.0, seed=4)),
+    ]
+    for flags, settings in cases:
+        want = model.generate(PROMPT, max_new_tokens=5, **settings)
+        assert run_cli(capsys, *base, *flags) == want + "\n", flags
+        assert want != greedy, flags
+    assert run_cli(capsys, *base[:-3], "--max-new-tokens", "2", "--no-echo") == \
+        model.generate(PROMPT, max_new_tokens=2) + "\n"
+
+
+def test_several_sequences_and_beams_end_to_end(micro_dir, capsys):
+    import npgpt as api
+
+    model = api.load(micro_dir)
+    base = ("generate", PROMPT, "--model", micro_dir, "--max-new-tokens", "4", "--no-echo")
+    out = run_cli(capsys, *base, "--n", "2", "--temperature", "1", "--seed", "3")
+    texts = [line for line in out.splitlines() if not line.startswith("--- ")]
+    assert texts == list(model.generate(PROMPT, max_new_tokens=4, n=2, temperature=1.0, seed=3))
+    out = run_cli(capsys, *base, "--num-beams", "3")
+    assert out.splitlines()[1] == model.generate(PROMPT, max_new_tokens=4, num_beams=3)
+    assert "beam 1, score" in out
 
 
 def test_several_prompts_samples_and_beams(micro_dir):
@@ -122,3 +257,48 @@ def test_bad_decoding_flags_are_one_line(micro_dir):
     assert "repetition_penalty" in one_line_error(npgpt(*base, "--repetition-penalty", "0"))
     assert "WORD=VALUE" in one_line_error(npgpt(*base, "--bias", "gonna"), code=2)
     assert "n > 1" in one_line_error(npgpt(*base, "--n", "2"))
+
+
+# ------------------------------------------------------------------------------------ errors the CLI itself meets
+
+
+def test_files_the_cli_reads_and_writes_fail_in_one_line(micro_dir, tmp_path):
+    model = ("--model", micro_dir)
+    assert one_line_error(npgpt("score", str(tmp_path), *model)).endswith("is a directory, not a text file")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café au lait".encode("latin-1"))
+    assert one_line_error(npgpt("score", str(latin), *model)).endswith("latin.txt: not UTF-8 text")
+    nowhere = tmp_path / "no" / "such" / "dir"
+    line = one_line_error(npgpt("hidden", "Hi", "--out", str(nowhere / "h.npz"), *model))
+    assert line == f"npgpt: error: cannot write {nowhere / 'h.npz'}: No such file or directory"
+
+
+def test_a_figure_that_cannot_be_written_fails_before_any_work(tmp_path):
+    missing = tmp_path / "no" / "m.png"
+    line = one_line_error(npgpt("mask", "3", "--plot", str(missing)))
+    assert line == f"npgpt: error: cannot write {missing}: no such directory {missing.parent}"
+    line = one_line_error(npgpt("mask", "3", "--plot", str(tmp_path / "m.bmpx")))
+    assert "name a png, svg, pdf, jpg, jpeg file" in line
+
+
+def run_main_with(run: str, *argv: str):
+    """Run npgpt.cli.main in a fresh interpreter, with the `models` command replaced by `run`."""
+    code = ("import sys; from npgpt import cli\n"
+            f"def run(args):\n    {run}\n"
+            "cli.run_models = run\n"
+            f"sys.exit(cli.main(['models', *{list(argv)!r}]))")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+def test_only_npgpt_errors_become_one_line_errors():
+    r = run_main_with("raise __import__('npgpt').SettingsError('top_p must be in (0, 1], got 2')")
+    assert r.returncode == 1 and r.stderr == "npgpt: error: top_p must be in (0, 1], got 2\n"
+    r = run_main_with("raise ValueError('a bug in npgpt')")  # not bad input: its traceback is the report
+    assert r.returncode == 1 and "Traceback" in r.stderr and "ValueError: a bug in npgpt" in r.stderr
+
+
+def test_a_closed_pipe_ends_quietly_and_an_interrupt_exits_130():
+    r = run_main_with("raise BrokenPipeError()")
+    assert r.returncode == 0 and r.stderr == ""
+    r = run_main_with("raise KeyboardInterrupt()")
+    assert r.returncode == 130 and "Traceback" not in r.stderr

@@ -23,13 +23,13 @@ def log_softmax64(logits):
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-# ------------------------------------------------------------------------------------------------------ top-k
+# ------------------------------------------------------------------------------------------------------- topk
 
 
 def test_top_k_probabilities_are_the_processed_distribution(tiny):
     model, _ = tiny
     for settings in ({}, {"logit_bias": {"gonna": -5.0, "ain't": -5.0}}, {"temperature": 0.7, "top_k": 40}):
-        cands = study.top_k(model, "You are going to", k=10, **settings)
+        cands = study.topk(model, "You are going to", k=10, **settings)
         probs = model.next_token_distribution("You are going to", **settings)
         assert [c.id for c in cands] == list(np.argsort(-probs, kind="stable")[:10])
         np.testing.assert_allclose([c.probability for c in cands], probs[[c.id for c in cands]], rtol=1e-6)
@@ -75,20 +75,20 @@ def test_a_sampled_trace_draws_what_generate_draws(tiny):
 
 def test_attention_rows_sum_to_one_and_nothing_is_above_the_diagonal(tiny):
     model, _ = tiny
-    tokens, probs = study.attention_map(model, PROMPT, layer=1, head=1)
+    tokens, probs = study.attention(model, PROMPT, layer=1, head=1)
     ids = model.tokenizer.encode(PROMPT)
     assert tokens == [model.tokenizer.token_text(i) for i in ids] and probs.shape == (len(ids), len(ids))
     np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-5)
     assert (probs[np.triu_indices(len(ids), 1)] == 0).all()
     np.testing.assert_array_equal(probs, model.forward(ids, output_attentions=True).attentions[1][0, 1])
     with pytest.raises(npgpt.SettingsError, match="layer must be in 0..1"):
-        study.attention_map(model, PROMPT, layer=2)
+        study.attention(model, PROMPT, layer=2)
     with pytest.raises(npgpt.SettingsError, match="head must be in 0..1"):
-        study.attention_map(model, PROMPT, head=5)
+        study.attention(model, PROMPT, head=5)
 
 
 def test_the_causal_mask_is_zero_and_minus_infinity():
-    m = study.causal_mask(4)
+    m = study.mask(4)
     assert m.tolist() == [[0, -np.inf, -np.inf, -np.inf], [0, 0, -np.inf, -np.inf], [0, 0, 0, -np.inf], [0] * 4]
     text = views.mask(m)
     assert text.splitlines()[2].split() == ["0", "0", "-inf", "-inf", "-inf"]
@@ -102,7 +102,7 @@ def test_the_parameter_total_is_the_checkpoints(name):
     model = npgpt.load(golden_dir(name))
     tensors = read_safetensors(os.path.join(golden_dir(name), "model.safetensors"))
     in_checkpoint = sum(t.size for k, t in tensors.items() if canonical_name(k))  # not the mask buffers
-    tree = study.architecture(model)
+    tree = study.inspect(model)
     assert tree.params == in_checkpoint == model.config.parameter_count()
     parts = {p.name: p.params for p in tree.children}
     assert parts["wte"] == tensors["wte.weight"].size and parts["lm_head"] == 0  # tied
@@ -112,8 +112,8 @@ def test_the_parameter_total_is_the_checkpoints(name):
 
 
 def test_the_presets_trees_have_the_published_sizes():
-    assert study.architecture(npgpt.GPT2Config.preset("gpt2")).params == 124_439_808
-    tree = views.tree(study.architecture(npgpt.GPT2Config.preset("gpt2")))
+    assert study.inspect(npgpt.GPT2Config.preset("gpt2")).params == 124_439_808
+    tree = views.inspect(study.inspect(npgpt.GPT2Config.preset("gpt2")))
     assert "768 -> 2304" in tree and "768 -> 3072" in tree and "split into q | k | v" in tree
     assert tree.splitlines()[-1].split()[-1] == "124,439,808"
 
@@ -122,7 +122,7 @@ def test_an_untied_head_is_counted(small, tmp_path):
     model, _ = small
     state = dict(model.state, **{"lm_head.weight": np.ones_like(model.wte)})
     untied = npgpt.GPT2(model.config, state)
-    assert study.architecture(untied).params == model.n_params + model.wte.size
+    assert study.inspect(untied).params == model.n_params + model.wte.size
 
 
 # ----------------------------------------------------------------------------------- temperature and compare
@@ -130,15 +130,15 @@ def test_an_untied_head_is_counted(small, tmp_path):
 
 def test_the_temperature_table_is_softmax_of_scaled_logits(tiny):
     model, _ = tiny
-    base, table = study.temperature_table(model, "Hello", (0.1, 0.7, 1.5), top=20)
+    base, table = study.temperature(model, "Hello", (0.1, 0.7, 1.5), top=20)
     logits = model(model.tokenizer.encode("Hello"))[-1].astype(np.float64)
     ids = [c.id for c in base]
     assert ids == list(np.argsort(-logits, kind="stable")[:20])
     for t, probs in table.items():
         np.testing.assert_allclose(probs, np.exp(log_softmax64(logits / t))[ids], rtol=1e-6)
     assert table[0.1][0] > table[0.7][0] > table[1.5][0]  # colder: more mass on the top token
-    with pytest.raises(npgpt.SettingsError, match="temperatures must be > 0"):
-        study.temperature_table(model, "Hello", (0.0,))
+    with pytest.raises(npgpt.SettingsError, match="each temperature must be > 0"):
+        study.temperature(model, "Hello", (0.0,))
 
 
 def test_compare_rows_are_generate_with_those_settings(tiny):
@@ -172,7 +172,7 @@ def reference_surprisal(model, ids, window, stride):
 def test_perplexity_with_a_sliding_window(tiny, window, stride):
     model, _ = tiny
     ids = model.tokenizer.encode(TEXT)
-    score = study.perplexity(model, TEXT, window=window, stride=stride)
+    score = study.score(model, TEXT, window=window, stride=stride)
     want = reference_surprisal(model, ids, window or 64, stride or 32)
     assert score.tokens == len(ids) - 1
     np.testing.assert_allclose(score.surprisal, want, rtol=1e-4, atol=1e-4)
@@ -183,11 +183,11 @@ def test_perplexity_with_a_sliding_window(tiny, window, stride):
 def test_perplexity_errors(tiny):
     model, _ = tiny
     with pytest.raises(npgpt.SettingsError, match="at least two tokens"):
-        study.perplexity(model, "Hi")
+        study.score(model, "Hi")
     with pytest.raises(npgpt.SettingsError, match="window must be in 2..64"):
-        study.perplexity(model, TEXT, window=100)
+        study.score(model, TEXT, window=100)
     with pytest.raises(npgpt.SettingsError, match="stride must be in 1..window - 1 \\(9\\), got 10"):
-        study.perplexity(model, TEXT, window=10, stride=10)
+        study.score(model, TEXT, window=10, stride=10)
 
 
 # ---------------------------------------------------------------------------------------------- hidden states
@@ -196,9 +196,112 @@ def test_perplexity_errors(tiny):
 def test_hidden_states_are_the_forward_passes(small):
     model, expected = small
     ids = expected["single.ids"][0].tolist()
-    tokens, got_ids, states = study.hidden_states(model, ids)
+    tokens, got_ids, states = study.hidden(model, ids)
     assert got_ids == ids and states.shape == (model.config.n_layer + 1, len(ids), model.config.n_embd)
     np.testing.assert_allclose(states, expected["single.hidden"][:, 0], atol=1e-5)  # PyTorch's
+
+
+# ----------------------------------------------------------------------------------------------- bad arguments
+
+
+BAD_CALLS = [  # (the call, the error it must raise, what its message must say)
+    (lambda m: study.topk(m, "Hi", kk=3), npgpt.SettingsError, "topk has no argument 'kk'; did you mean k?"),
+    (lambda m: study.topk(m, "Hi", k=0), npgpt.SettingsError, "k must be >= 1, got 0"),
+    (lambda m: study.topk(m, "Hi", k="3"), npgpt.SettingsError, "k must be an integer >= 1, got '3'"),
+    (lambda m: study.topk(m, "Hi", k=True), npgpt.SettingsError, "k must be an integer"),
+    (lambda m: study.topk(m, "Hi", temprature=0.5), npgpt.SettingsError, "temprature"),
+    (lambda m: study.topk(m, "Hi", top_p=2.0, temperature=1.0), npgpt.SettingsError, "top_p"),
+    (lambda m: study.topk(m, "Hi", max_new_tokens=5), npgpt.SettingsError, "not max_new_tokens"),
+    (lambda m: study.topk(m, None), npgpt.InputError, "prompt"),
+    (lambda m: study.topk(m, b"Hi"), npgpt.InputError, "bytes"),
+    (lambda m: study.topk(m, [1.5]), npgpt.InputError, "integers"),
+    (lambda m: study.topk(m, [10 ** 6]), npgpt.InputError, "outside the vocabulary"),
+    (lambda m: study.topk("gpt2", "Hi"), npgpt.SettingsError, "npgpt.GPT2"),
+    (lambda m: study.trace(m, "Hi", steps="3"), npgpt.SettingsError, "steps must be an integer >= 0, got '3'"),
+    (lambda m: study.trace(m, "Hi", steps=-1), npgpt.SettingsError, "steps must be >= 0, got -1"),
+    (lambda m: study.trace(m, "Hi", alternatives=1.5), npgpt.SettingsError, "alternatives must be an integer"),
+    (lambda m: study.trace(m, "Hi", stepz=3), npgpt.SettingsError, "did you mean steps?"),
+    (lambda m: study.trace(m, "Hi", num_beams=2), npgpt.SettingsError, "not num_beams"),
+    (lambda m: study.trace(m, "Hi", seed="x", temperature=1), npgpt.SettingsError, "seed"),
+    (lambda m: study.trace(m, "a " * 40), npgpt.ContextLengthError, "context is 32"),
+    (lambda m: study.attention(m, "Hi", layer=2), npgpt.SettingsError, "layer must be in 0..1, got 2"),
+    (lambda m: study.attention(m, "Hi", layer="0"), npgpt.SettingsError, "layer must be an integer in 0..1"),
+    (lambda m: study.attention(m, "Hi", head=-1), npgpt.SettingsError, "head must be in 0..1, got -1"),
+    (lambda m: study.mask(0), npgpt.SettingsError, "n must be in 1..1024, got 0"),
+    (lambda m: study.mask(10 ** 6), npgpt.SettingsError, "n must be in 1..1024"),
+    (lambda m: study.mask(2.0), npgpt.SettingsError, "n must be an integer"),
+    (lambda m: study.inspect("gpt-2"), npgpt.SettingsError, "a preset name (gpt2, "),
+    (lambda m: study.inspect(None), npgpt.SettingsError, "inspect takes a model"),
+    (lambda m: study.temperature(m, "Hi", 0.5), npgpt.SettingsError, "temperatures must be a non-empty list"),
+    (lambda m: study.temperature(m, "Hi", []), npgpt.SettingsError, "temperatures must be a non-empty list"),
+    (lambda m: study.temperature(m, "Hi", [0.5, "hot"]), npgpt.SettingsError, "each temperature must be > 0"),
+    (lambda m: study.temperature(m, "Hi", [float("inf")]), npgpt.SettingsError, "each temperature must be > 0"),
+    (lambda m: study.temperature(m, "Hi", top=0), npgpt.SettingsError, "top must be >= 1, got 0"),
+    (lambda m: study.compare(m, "Hi", settings=[{"temp": 1}]), npgpt.SettingsError, "(label, settings dict)"),
+    (lambda m: study.compare(m, "Hi", settings=[("hot", {"temp": 1})]), npgpt.SettingsError,
+     "compare row 'hot': unknown setting 'temp'"),
+    (lambda m: study.compare(m, "Hi", settings=[]), npgpt.SettingsError, "non-empty list"),
+    (lambda m: study.compare(m, "Hi", settings="greedy"), npgpt.SettingsError, "non-empty list"),
+    (lambda m: study.compare(m, "Hi", max_new_tokens=-1), npgpt.SettingsError, "max_new_tokens"),
+    (lambda m: study.compare(m, "Hi", seed=1.5), npgpt.SettingsError, "seed"),
+    (lambda m: study.compare(m, "Hi", settings=[("two", {"n": 2, "temperature": 1})]), npgpt.SettingsError,
+     "one continuation per row"),
+    (lambda m: study.compare(m, ["Hi", "there"]), npgpt.InputError, "token ids must be integers"),
+    (lambda m: study.score(m, TEXT, window=1), npgpt.SettingsError, "window must be in 2..32, got 1"),
+    (lambda m: study.score(m, TEXT, window="8"), npgpt.SettingsError, "window must be an integer"),
+    (lambda m: study.score(m, TEXT, window=8, stride=0.5), npgpt.SettingsError, "stride must be in 1..window - 1"),
+    (lambda m: study.score(m, b"text"), npgpt.InputError, "score takes text (str), got bytes"),
+    (lambda m: study.hidden(m, 42), npgpt.InputError, "got int"),
+]
+
+
+@pytest.mark.parametrize("call, error, says", BAD_CALLS, ids=lambda x: x if isinstance(x, str) else "")
+def test_bad_arguments_are_one_line_errors_naming_them(micro, call, error, says):
+    with pytest.raises(error) as caught:
+        call(micro)
+    message = str(caught.value)
+    assert says in message and "\n" not in message, message
+
+
+def test_inspect_takes_a_preset_name():
+    assert study.inspect("gpt2").params == study.inspect(npgpt.GPT2Config.preset("gpt2")).params == 124_439_808
+
+
+def test_topk_accepts_a_seed_and_ignores_it(micro):
+    plain = study.topk(micro, "Hi", k=5, temperature=0.8)
+    assert study.topk(micro, "Hi", k=5, temperature=0.8, seed=1) == plain
+
+
+def test_a_distribution_nothing_can_be_drawn_from_is_a_distribution_error(micro):
+    everything = {i: -np.inf for i in range(micro.config.vocab_size)}
+    with pytest.raises(npgpt.DistributionError):
+        study.topk(micro, "Hi", logit_bias=everything)
+    with pytest.raises(npgpt.DistributionError):
+        study.trace(micro, "Hi", steps=2, logit_bias=everything)
+
+
+def test_a_tiny_temperature_is_greedy_not_nan(micro):
+    base, table = study.temperature(micro, "Hi", [1e-300, 1.0], top=3)
+    assert table[1e-300].tolist() == [1.0, 0.0, 0.0]
+    assert np.isfinite(table[1.0]).all()
+
+
+def test_compare_checks_every_row_before_generating_any(micro, monkeypatch):
+    calls = []
+    monkeypatch.setattr(micro, "generate", lambda *a, **kw: calls.append(kw))
+    with pytest.raises(npgpt.SettingsError, match="compare row 'bad': .*top_p"):
+        study.compare(micro, "Hi", settings=[("fine", {}), ("bad", {"temperature": 1.0, "top_p": 2.0})])
+    assert calls == []
+
+
+def test_a_compare_row_may_set_its_own_length_and_seed(micro):
+    rows = study.compare(micro, "Hi", settings=[("short", {"max_new_tokens": 2}), ("seeded", {"temperature": 1.0,
+                                                                                           "seed": 7})])
+    assert rows == [("short", micro.generate("Hi", max_new_tokens=2)),
+                    ("seeded", micro.generate("Hi", max_new_tokens=30, temperature=1.0, seed=7))]
+    ids = micro.tokenizer.encode("Hi")
+    assert study.compare(micro, ids, settings=[("greedy", {})], max_new_tokens=3) == \
+        [("greedy", micro.generate("Hi", max_new_tokens=3))]  # token ids in, text out
 
 
 # ---------------------------------------------------------------------------------------------------- the CLI
@@ -213,7 +316,7 @@ def test_cli_topk_prints_the_processed_probabilities(tiny):
     model, _ = tiny
     r = cli("topk", "You are going to", "-k", "5", "--bias", "gonna=-5", "--model", golden_dir("tiny"))
     assert r.returncode == 0, r.stderr
-    cands = study.top_k(model, "You are going to", k=5, logit_bias={"gonna": -5.0})
+    cands = study.topk(model, "You are going to", k=5, logit_bias={"gonna": -5.0})
     lines = r.stdout.splitlines()
     assert "logit_bias" in lines[0] and len(lines) == 7
     for line, c in zip(lines[2:], cands):
@@ -253,7 +356,7 @@ def test_cli_score(tiny, tmp_path):
     text.write_text(TEXT)
     r = cli("score", str(text), "--window", "16", "--stride", "8", "--model", golden_dir("tiny"))
     assert r.returncode == 0, r.stderr
-    want = study.perplexity(tiny[0], TEXT, window=16, stride=8)
+    want = study.score(tiny[0], TEXT, window=16, stride=8)
     assert f"perplexity {want.perplexity:.3f} over {want.tokens} tokens" in r.stdout and "tokens/s" in r.stdout
     missing = cli("score", str(tmp_path / "nope.txt"), "--model", golden_dir("tiny"))
     assert missing.returncode == 1 and missing.stderr.strip().endswith("nope.txt: no such file")
@@ -262,7 +365,7 @@ def test_cli_score(tiny, tmp_path):
 def test_cli_study_errors_are_one_line():
     r = cli("attention", "Hi", "--layer", "9", "--model", golden_dir("tiny"))
     assert r.returncode == 1 and r.stderr.strip() == "npgpt: error: layer must be in 0..1, got 9"
-    assert cli("mask", "0").stderr.strip() == "npgpt: error: the mask needs n >= 1, got 0"
+    assert cli("mask", "0").stderr.strip() == "npgpt: error: n must be in 1..1024, got 0"
 
 
 # ---------------------------------------------------------------------------------------------------- figures
@@ -307,6 +410,6 @@ def test_without_matplotlib_plot_says_how_to_install_it(tmp_path):
             f"sys.exit(main(['mask', '3', '--plot', {str(tmp_path / 'm.png')!r}]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr.strip() == ("npgpt: error: --plot needs matplotlib, which is not installed: "
+    assert r.stderr.strip() == ("npgpt: error: figures (--plot) need matplotlib, which is not installed: "
                                 "pip install 'npgpt[plot]'")
     assert not (tmp_path / "m.png").exists()

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from conftest import GOLDEN_ATOL, max_abs
+from conftest import GOLDEN_ATOL, load_golden, max_abs
 
 
 def real_positions(expected, key):
@@ -79,3 +79,50 @@ def test_notebook_003_prompts_continue_as_in_transformers(tiny):
     text = model.generate("Hello, I am", max_new_tokens=len(want))
     assert text == tok.decode(want)
     assert text.ids == want
+
+
+# ------------------------------------------------------------------- a 300-token prompt: attention in blocks
+
+
+@pytest.fixture(scope="module")
+def long():
+    """A GPT-2 with a 320-token context and transformers' outputs on a 300-token prompt: beyond 128 tokens npgpt
+    takes attention in blocks of 128 queries (ops.causal_attention), which no short prompt reaches."""
+    return load_golden("long")
+
+
+def test_long_prompt_logits_attentions_and_hidden_states_match_pytorch(long):
+    model, expected = long
+    ids, rows = expected["single.ids"], expected["single.rows"]
+    assert ids.shape[1] > 2 * 128 and ids.shape[1] % 128  # three blocks, the last one partial
+    out = model.forward(ids, output_hidden_states=True, output_attentions=True)
+    assert max_abs(out.logits[:, rows], expected["single.logits"]) <= GOLDEN_ATOL
+    hidden = np.stack(out.hidden_states)  # [L + 1, 1, T, C]
+    assert max_abs(hidden[:, :, rows], expected["single.hidden"]) <= GOLDEN_ATOL
+    assert max_abs(hidden[1], expected["single.hidden_1"]) <= GOLDEN_ATOL
+    attentions = np.stack(out.attentions)  # [L, 1, H, T, T]: whole rows, zeros above the diagonal included
+    assert max_abs(attentions[:, :, :, rows], expected["single.attentions"]) <= GOLDEN_ATOL
+
+
+def test_long_prompt_without_attentions_gives_the_same_logits(long):
+    model, expected = long
+    rows = expected["single.rows"]
+    logits = model(expected["single.ids"])  # the path that skips the probabilities
+    assert max_abs(logits[:, rows], expected["single.logits"]) <= GOLDEN_ATOL
+
+
+def test_long_left_padded_batch_prefills_and_decodes_through_the_cache_as_transformers(long):
+    model, expected = long
+    ids, mask = expected["batch.ids"], expected["batch.mask"]
+    assert ids.shape[1] > 2 * 128 and not mask.all()  # one long row, one short row left-padded to it
+    cache = model.new_cache(len(ids), capacity=ids.shape[1] + 1)
+    prefill = model.forward(ids, cache, attention_mask=mask, last_only=True).logits[:, -1]
+    assert max_abs(prefill, expected["batch.last_logits"]) <= GOLDEN_ATOL
+    want = expected["greedy_batch.tokens"]
+    np.testing.assert_array_equal(greedy_batch(model, ids, mask, want.shape[1]), want)
+
+
+def test_long_prompt_greedy_continuation_matches_transformers_generate(long):
+    model, expected = long
+    want = expected["greedy.tokens"][0].tolist()
+    assert model.generate(expected["single.ids"][0].tolist(), max_new_tokens=len(want)) == want

@@ -15,6 +15,17 @@ Decoding (issue 3): tests/golden/processors.safetensors holds fixed logits and i
 transformers' logits processors and warpers (and a chain of them in generate's order), its output; each model
 directory's generate.safetensors holds generate() outputs with decoding rules and with beam search.
 
+Issue 10: tests/golden/long/ is a GPT-2 with a 320-token context, and its expected.safetensors what transformers
+computes on a 300-token prompt (npgpt takes attention in blocks of 128 queries beyond 128 tokens): logits, every
+layer's attention probabilities and hidden states at chosen positions, one layer's hidden states at every
+position, and greedy continuations through the cache of the prompt alone and of a left-padded batch.
+tests/golden/processors_vocab.safetensors: the rules on 200 rows of full-vocabulary logits of the tiny model
+(stored as the hidden states they are rebuilt from, exactly; outputs stored compactly, see make_processors_vocab).
+tests/golden/tiny/stop.safetensors: greedy and beam search with stop strings (transformers' stop_strings).
+
+A golden file whose tensors and metadata are unchanged is left as it is (safetensors writes its metadata keys in
+no fixed order), so that running this script reproduces the committed files byte for byte.
+
 Run: python tools/make_golden.py (needs the `golden` extra).
 """
 
@@ -35,6 +46,49 @@ GOLDEN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 NEW_TOKENS = 24
 SMALL = dict(vocab_size=1000, n_positions=128, n_embd=64, n_head=4, n_layer=3, bos_token_id=999, eos_token_id=999)
 TINY = dict(vocab_size=50257, n_positions=64, n_embd=16, n_head=2, n_layer=2)
+# Long enough for a 300-token prompt and its continuation; no causal-mask buffers in its checkpoint (320 x 320
+# per layer would be most of its bytes).
+LONG = dict(vocab_size=500, n_positions=320, n_embd=32, n_head=4, n_layer=2, bos_token_id=499, eos_token_id=499)
+LONG_PROMPT = 300  # > 2 blocks of 128 queries, not a multiple of 128
+LONG_SHORT = 37  # the other row of the left-padded batch
+# The positions whose logits, attention rows and hidden states are kept: both ends of each block of 128.
+LONG_ROWS = [0, 1, 63, 126, 127, 128, 129, 191, 254, 255, 256, 257, 280, 297, 298, 299]
+LONG_NEW = 12
+# The text whose tiny-model logits the decoding rules are checked on (repetitive, so that repetition penalties
+# and n-gram bans find something).
+TEXT = (
+    "The wheels on the bus go round and round, round and round, round and round. The wheels on the bus go round "
+    "and round, all through the town. The wipers on the bus go swish, swish, swish. The horn on the bus goes beep, "
+    "beep, beep, all through the town. Once upon a time there was a little girl who lived in a village near the "
+    "forest. Whenever she went out, the little girl wore a red riding cloak, so everyone in the village called her "
+    "Little Red Riding Hood. One morning, Little Red Riding Hood asked her mother if she could go to visit her "
+    "grandmother as it had been awhile since they had seen each other. \"That is a good idea,\" her mother said. "
+    "So they packed a nice basket for Little Red Riding Hood to take to her grandmother. It was the best of times, "
+    "it was the worst of times, it was the age of wisdom, it was the age of foolishness, it was the epoch of "
+    "belief, it was the epoch of incredulity, it was the season of Light, it was the season of Darkness, it was the "
+    "spring of hope, it was the winter of despair. To be, or not to be, that is the question: whether it is "
+    "nobler in the mind to suffer the slings and arrows of outrageous fortune, or to take arms against a sea of "
+    "troubles. In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+    "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters."
+)
+VOCAB_ROWS_FROM = 24  # rows: positions 24..63 of each 64-token window of TEXT (their last 16 tokens as input ids)
+VOCAB_HISTORY = 16
+
+
+def save_golden(tensors: dict, path: str, metadata: dict) -> None:
+    """save_file, unless `path` already holds exactly these tensors and metadata (then its bytes are kept)."""
+    from safetensors import safe_open
+
+    tensors = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    if os.path.exists(path):
+        with safe_open(path, "np") as f:
+            same = f.metadata() == metadata and set(f.keys()) == set(tensors)
+        if same:
+            old = load_file(path)
+            if all(old[k].dtype == v.dtype and old[k].shape == v.shape and old[k].tobytes() == v.tobytes()
+                   for k, v in tensors.items()):
+                return
+    save_file(tensors, path, metadata=metadata)
 
 
 def left_pad(rows: list[list[int]], pad: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +120,8 @@ def make(name: str, seed: int, config: dict, single: list[int], batch: list[list
     expected["greedy.tokens"] = reference.greedy(model, single_ids, NEW_TOKENS)
     expected["greedy_batch.prompt"], expected["greedy_batch.mask"] = batch_ids, batch_mask
     expected["greedy_batch.tokens"] = reference.greedy(model, batch_ids, NEW_TOKENS, batch_mask)
-    save_file({k: np.ascontiguousarray(v) for k, v in expected.items()}, os.path.join(out_dir, "expected.safetensors"),
-              metadata={"made_by": "tools/make_golden.py", "seed": str(seed)})
+    save_golden(expected, os.path.join(out_dir, "expected.safetensors"),
+                metadata={"made_by": "tools/make_golden.py", "seed": str(seed)})
     sizes = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
     print(f"{name}: {sizes / 1e6:.2f} MB in {out_dir}")
 
@@ -118,7 +172,7 @@ def make_processors():
         # (some processors return a strided view: safetensors would write its raw buffer, so copy)
         out[name] = np.ascontiguousarray(processor(torch.as_tensor(ids), torch.as_tensor(logits).clone()).numpy())
     path = os.path.join(GOLDEN, "processors.safetensors")
-    save_file(out, path, metadata={"made_by": "tools/make_golden.py"})
+    save_golden(out, path, metadata={"made_by": "tools/make_golden.py"})
     print(f"processors: {os.path.getsize(path) / 1e6:.2f} MB")
 
 
@@ -154,8 +208,193 @@ def make_generate(name: str, seed: int, config: dict, logit_std: float = 1.0):
         if beams > 1:
             out[f"{run}.scores"] = scores
     path = os.path.join(GOLDEN, name, "generate.safetensors")
-    save_file({k: np.ascontiguousarray(v) for k, v in out.items()}, path, metadata={"made_by": "tools/make_golden.py"})
+    save_golden(out, path, metadata={"made_by": "tools/make_golden.py"})
     print(f"{name}/generate: {len(runs)} runs")
+
+
+def make_long():
+    """A 300-token prompt on a GPT-2 with a 320-token context: what no short golden reaches (blocked attention)."""
+    model = reference.build(12, **LONG)
+    out_dir = os.path.join(GOLDEN, "long")
+    reference.save_official(model, out_dir, causal_buffers=False)
+    rng = np.random.default_rng(12)
+    ids = rng.integers(0, 499, (1, LONG_PROMPT))
+    short = rng.integers(0, 499, LONG_SHORT).tolist()
+    rows = np.array(LONG_ROWS)
+    logits, hidden, attentions = reference.forward(model, ids)
+    expected = {
+        "single.ids": ids, "single.rows": rows,
+        "single.logits": logits[:, rows],  # [1, R, V]
+        "single.hidden": hidden[:, :, rows],  # [L + 1, 1, R, C]
+        "single.hidden_1": hidden[1],  # [1, T, C]: the first block's output at every position
+        "single.attentions": attentions[:, :, :, rows],  # [L, 1, H, R, T]: whole rows of probabilities
+    }
+    batch_ids, batch_mask = left_pad([ids[0].tolist(), short])
+    batch_logits, _, _ = reference.forward(model, batch_ids, batch_mask)
+    expected.update({"batch.ids": batch_ids, "batch.mask": batch_mask, "batch.last_logits": batch_logits[:, -1]})
+    expected["greedy.tokens"] = reference.greedy(model, ids, LONG_NEW)
+    expected["greedy_batch.tokens"] = reference.greedy(model, batch_ids, LONG_NEW, batch_mask)
+    # greedy choices must not be near-ties (else float32 rounding could pick another token)
+    for prompt, mask, tokens in ((ids, None, expected["greedy.tokens"]),
+                                 (batch_ids, batch_mask, expected["greedy_batch.tokens"])):
+        full = np.concatenate([prompt, tokens], axis=1)
+        full_mask = None if mask is None else np.concatenate([mask, np.ones_like(tokens)], axis=1)
+        step_logits = reference.forward(model, full, full_mask)[0][:, prompt.shape[1] - 1:-1]
+        top2 = np.sort(step_logits, axis=-1)[..., -2:]
+        assert (top2[..., 1] - top2[..., 0]).min() > 1e-3, "a greedy step is a near-tie"
+    save_golden(expected, os.path.join(out_dir, "expected.safetensors"),
+                metadata={"made_by": "tools/make_golden.py", "seed": "12"})
+    sizes = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"long: {sizes / 1e6:.2f} MB in {out_dir}")
+
+
+def vocab_logits(hidden: np.ndarray, wte: np.ndarray) -> np.ndarray:
+    """hidden [R, C] @ wte.T [C, V] in float32, one multiply and one add per channel in a fixed order: each step
+    is a correctly rounded IEEE operation, so the result is the same bit for bit on any machine (a BLAS matmul
+    is not). tests/test_decoding_golden.py rebuilds the logits with this same function."""
+    logits = hidden[:, :1] * wte[None, :, 0]
+    for c in range(1, hidden.shape[1]):
+        logits = logits + hidden[:, c:c + 1] * wte[None, :, c]
+    return logits.astype(np.float32)
+
+
+def sorted_runs(logits: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The kept tokens of each row as runs [n, 3] (row, start, stop) over the row's tokens ranked by logit,
+    highest first (ties by id): a top-k, top-p or min-p set is one run, a typical set one run or a few."""
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    ranked = np.take_along_axis(kept, order, axis=-1).astype(np.int8)
+    edges = np.diff(np.pad(ranked, ((0, 0), (1, 1))), axis=-1)  # +1 where a run starts, -1 after it ends
+    starts, stops = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    return np.stack([starts[0], starts[1], stops[1]], axis=1).astype(np.int32)
+
+
+def vocab_rules(input_ids: np.ndarray, eos: int):
+    """transformers' processors for the full-vocabulary rows (the test builds npgpt's twins of these)."""
+    from transformers.generation import logits_process as lp
+
+    first = int(input_ids[0, -1])
+    return {
+        "temperature_0.7": lp.TemperatureLogitsWarper(0.7),
+        "temperature_1.5": lp.TemperatureLogitsWarper(1.5),
+        "top_k_1": lp.TopKLogitsWarper(1),
+        "top_k_10": lp.TopKLogitsWarper(10),
+        "top_k_50": lp.TopKLogitsWarper(50),
+        "top_p_0.3": lp.TopPLogitsWarper(0.3),
+        "top_p_0.9": lp.TopPLogitsWarper(0.9),
+        "top_p_0.95": lp.TopPLogitsWarper(0.95),
+        "min_p_0.05": lp.MinPLogitsWarper(0.05),
+        "min_p_0.3": lp.MinPLogitsWarper(0.3),
+        "typical_p_0.5": lp.TypicalLogitsWarper(0.5),
+        "typical_p_0.9": lp.TypicalLogitsWarper(0.9),
+        "typical_p_0.95": lp.TypicalLogitsWarper(0.95),
+        "repetition_penalty_1.3": lp.RepetitionPenaltyLogitsProcessor(1.3),
+        "repetition_penalty_0.7": lp.RepetitionPenaltyLogitsProcessor(0.7),
+        "no_repeat_ngram_size_2": lp.NoRepeatNGramLogitsProcessor(2),
+        "no_repeat_ngram_size_3": lp.NoRepeatNGramLogitsProcessor(3),
+        "bad_words_ids": lp.NoBadWordsLogitsProcessor([[262], [first, 11], [290, 262, 1748], [eos]], eos),
+        "min_new_tokens_10": lp.MinNewTokensLengthLogitsProcessor(8, 10, eos),
+        "min_new_tokens_8": lp.MinNewTokensLengthLogitsProcessor(8, 8, eos),
+        "logit_bias": lp.SequenceBiasLogitsProcessor([[[262], -5.0], [[11], 3.0], [[eos], -100.0]]),
+        "chain": lp.LogitsProcessorList([
+            lp.RepetitionPenaltyLogitsProcessor(1.2), lp.NoRepeatNGramLogitsProcessor(2),
+            lp.NoBadWordsLogitsProcessor([[262]], eos), lp.MinNewTokensLengthLogitsProcessor(8, 10, eos),
+            lp.TemperatureLogitsWarper(0.8), lp.TopKLogitsWarper(40), lp.TopPLogitsWarper(0.9),
+            lp.MinPLogitsWarper(0.02), lp.TypicalLogitsWarper(0.95)]),
+    }
+
+
+def make_processors_vocab():
+    """Each processor on 200 rows of full-vocabulary logits: the tiny golden model's last hidden states (after
+    ln_f) on TEXT, each row scaled so its logits have a standard deviation between 1.5 and 5 (some flat, some
+    peaked, as a trained model's), times the model's wte.
+
+    200 x 50257 float32 logits (40 MB) are not stored: their hidden states [200, 16] are, and vocab_logits
+    rebuilds them exactly (metadata logits_sha256 lets the test check that). Outputs are stored compactly:
+    `<rule>.runs` the kept (finite) tokens as runs over each row's ranking (sorted_runs); `<rule>.changed`
+    [n, 2] (row, token) and `<rule>.values` [n] the kept values that differ from the input logits, except for
+    the temperatures, which change every value: their `<rule>.values` [200, 32] are the outputs at each row's
+    32 highest logits.
+    """
+    import hashlib
+
+    import torch
+    from transformers.generation import logits_process as lp  # noqa: F401
+
+    from npgpt import Tokenizer
+
+    model = reference.build(3, **TINY)
+    tokens = np.array(Tokenizer.gpt2().encode(TEXT))
+    n_ctx = TINY["n_positions"]
+    windows = tokens[:len(tokens) // n_ctx * n_ctx].reshape(-1, n_ctx)[:5]  # [5, 64]
+    with torch.no_grad():
+        last = model(torch.as_tensor(windows), output_hidden_states=True).hidden_states[-1].numpy()  # after ln_f
+    positions = np.arange(VOCAB_ROWS_FROM, n_ctx)
+    hidden = last[:, positions].reshape(-1, last.shape[-1])  # [200, 16]
+    input_ids = np.stack([w[p - VOCAB_HISTORY + 1:p + 1] for w in windows for p in positions])  # [200, 16]
+    wte = load_file(os.path.join(GOLDEN, "tiny", "model.safetensors"))["wte.weight"]
+    target_std = np.exp(np.random.default_rng(7).uniform(np.log(1.5), np.log(5.0), len(hidden)))
+    hidden = (hidden * (target_std / vocab_logits(hidden, wte).std(axis=-1))[:, None]).astype(np.float32)
+    logits = vocab_logits(hidden, wte)
+    eos = 50256
+    out = {"hidden": hidden, "input_ids": input_ids}
+    top32 = np.argsort(-logits, axis=-1, kind="stable")[:, :32]
+    for name, processor in vocab_rules(input_ids, eos).items():
+        got = np.ascontiguousarray(processor(torch.as_tensor(input_ids), torch.as_tensor(logits).clone()).numpy())
+        kept = np.isfinite(got)
+        assert (got[~kept] == -np.inf).all()
+        out[f"{name}.runs"] = sorted_runs(logits, kept)
+        if name.startswith("temperature"):
+            out[f"{name}.values"] = np.take_along_axis(got, top32, axis=-1)
+        else:
+            changed = np.argwhere(kept & (got != logits)).astype(np.int32)
+            out[f"{name}.changed"] = changed.reshape(-1, 2)
+            out[f"{name}.values"] = got[changed[:, 0], changed[:, 1]] if len(changed) else np.zeros(0, np.float32)
+    path = os.path.join(GOLDEN, "processors_vocab.safetensors")
+    save_golden(out, path, metadata={"made_by": "tools/make_golden.py",
+                                     "logits_sha256": hashlib.sha256(logits.tobytes()).hexdigest()})
+    print(f"processors_vocab: {os.path.getsize(path) / 1e6:.2f} MB")
+
+
+# Stop strings chosen so that beams hit them: some returned beams end on them, and some hits are pruned.
+STOP_RUNS = {
+    "beam_stop": (["Every effort moves you"], dict(max_new_tokens=12, num_beams=4, num_return_sequences=4,
+                                                   stop_strings=[" preset"])),
+    "beam_stop_span": (["Every day holds a"], dict(max_new_tokens=12, num_beams=3, num_return_sequences=3,
+                                                   stop_strings=["yAm", "ruar"])),  # across two tokens
+    "beam_stop_batch": (["Every effort moves you", "Every day holds a"],
+                        dict(max_new_tokens=12, num_beams=3, num_return_sequences=2, stop_strings=[" Columb", "Act"])),
+    "greedy_stop": (["Hello, I am"], dict(max_new_tokens=12, stop_strings=[" Bub"])),
+    "greedy_stop_batch": (["Every effort moves you", "Every day holds a"],
+                          dict(max_new_tokens=12, stop_strings=["isance"])),
+}
+
+
+def make_stop():
+    """transformers' generate with stop_strings on the tiny model (GPT-2's tokenizer, built offline): a stop
+    string ends a beam as <|endoftext|> does. tokens [B * n, N] (-1 after a finished row), scores [B * n]."""
+    tokenizer = reference.gpt2_tokenizer()
+    model = reference.build(3, **TINY)
+    out = {}
+    for run, (prompts, settings) in STOP_RUNS.items():
+        ids, mask = left_pad([tokenizer.encode(p) for p in prompts])
+        beams = settings.get("num_beams", 1)
+        # generate's stop-string check looks up every token id, so greedy rows cannot be padded with -1:
+        # pad with <|endoftext|>, then mark what follows a stop as -1 (checked: only padding follows it)
+        tokens, scores = reference.generate(model, ids, None if mask.all() else mask, do_sample=False,
+                                            tokenizer=tokenizer, pad=-1 if beams > 1 else 50256, **settings)
+        if beams == 1:
+            for row in tokens:
+                for i in range(len(row)):
+                    if any(s in tokenizer.decode(row[:i + 1]) for s in settings["stop_strings"]):
+                        assert (row[i + 1:] == 50256).all()
+                        row[i + 1:] = -1
+                        break
+        out[f"{run}.prompt"], out[f"{run}.mask"], out[f"{run}.tokens"] = ids, mask, tokens
+        if beams > 1:
+            out[f"{run}.scores"] = scores
+    path = os.path.join(GOLDEN, "tiny", "stop.safetensors")
+    save_golden(out, path, metadata={"made_by": "tools/make_golden.py"})
+    print(f"tiny/stop: {len(STOP_RUNS)} runs, {os.path.getsize(path) / 1e3:.1f} kB")
 
 
 def main():
@@ -173,6 +412,9 @@ def main():
     make_processors()
     make_generate("small", seed=1, config=SMALL)
     make_generate("tiny", seed=3, config=TINY)
+    make_long()
+    make_processors_vocab()
+    make_stop()
 
 
 if __name__ == "__main__":

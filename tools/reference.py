@@ -52,11 +52,15 @@ def scale_up(model: GPT2LMHeadModel, seed: int, logit_std: float = 1.0) -> None:
             p.copy_(gain / math.sqrt(p.shape[0]) * torch.randn(p.shape, generator=g))
 
 
-def official_state(model: GPT2LMHeadModel) -> dict[str, np.ndarray]:
+def official_state(model: GPT2LMHeadModel, causal_buffers: bool = True) -> dict[str, np.ndarray]:
     """Tensors named as in openai-community/gpt2's model.safetensors: no `transformer.` prefix, no lm_head
-    (tied to wte), and the causal-mask buffers `h.N.attn.bias` [1, 1, P, P] that the real file carries."""
+    (tied to wte), and the causal-mask buffers `h.N.attn.bias` [1, 1, P, P] that the real file carries
+    (left out with causal_buffers=False, as checkpoints saved by recent transformers do: for a long context
+    they are most of a small model's bytes)."""
     state = {k.removeprefix("transformer."): v.detach().cpu().numpy().astype(np.float32)
              for k, v in model.state_dict().items() if k.startswith("transformer.")}
+    if not causal_buffers:
+        return {k: v for k, v in state.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     p = model.config.n_positions
     mask = np.tril(np.ones((p, p), dtype=np.float32))[None, None]
     for i in range(model.config.n_layer):
@@ -64,7 +68,7 @@ def official_state(model: GPT2LMHeadModel) -> dict[str, np.ndarray]:
     return state
 
 
-def save_official(model: GPT2LMHeadModel, model_dir: str) -> None:
+def save_official(model: GPT2LMHeadModel, model_dir: str, causal_buffers: bool = True) -> None:
     """config.json (as transformers writes it) and model.safetensors in the official layout."""
     os.makedirs(model_dir, exist_ok=True)
     config = model.config.to_dict()
@@ -74,7 +78,27 @@ def save_official(model: GPT2LMHeadModel, model_dir: str) -> None:
     with open(os.path.join(model_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
         f.write("\n")
-    save_file(official_state(model), os.path.join(model_dir, "model.safetensors"), metadata={"format": "pt"})
+    save_file(official_state(model, causal_buffers), os.path.join(model_dir, "model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def gpt2_tokenizer():
+    """transformers' GPT2TokenizerFast for GPT-2's vocabulary, built offline from the merges npgpt carries
+    (vocab.json and merges.txt written to a temporary directory). Needed by generate's stop_strings."""
+    import tempfile
+
+    from transformers import GPT2TokenizerFast
+
+    from npgpt import tokenizer as npgpt_tokenizer
+
+    merges = npgpt_tokenizer.bundled_merges().decode()
+    vocab = npgpt_tokenizer.encoder_json_from_ranks(npgpt_tokenizer.ranks_from_merges(merges))
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(vocab, f, ensure_ascii=False)
+        with open(os.path.join(tmp, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write(merges)
+        return GPT2TokenizerFast.from_pretrained(tmp)
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -104,14 +128,14 @@ def greedy(model, ids: np.ndarray, max_new_tokens: int, attention_mask: np.ndarr
 
 
 @torch.no_grad()
-def generate(model, ids: np.ndarray, attention_mask: np.ndarray | None = None, **settings):
+def generate(model, ids: np.ndarray, attention_mask: np.ndarray | None = None, pad: int = -1, **settings):
     """transformers' `generate` with the given settings: (new tokens [B * n, N], sequence scores or None).
 
-    Rows that end early are padded with -1 after their <|endoftext|>."""
+    Rows that end early are padded with `pad` (-1) after their <|endoftext|>."""
     ids_t = torch.as_tensor(ids, dtype=torch.long)
     mask_t = torch.ones_like(ids_t) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
     eos = model.config.eos_token_id if model.config.eos_token_id < model.config.vocab_size else None
-    out = model.generate(ids_t, attention_mask=mask_t, eos_token_id=eos, pad_token_id=-1 if eos is not None else None,
+    out = model.generate(ids_t, attention_mask=mask_t, eos_token_id=eos, pad_token_id=pad if eos is not None else None,
                          return_dict_in_generate=True, output_scores=True, **settings)
     scores = getattr(out, "sequences_scores", None)
     return out.sequences[:, ids_t.shape[1]:].numpy(), None if scores is None else scores.numpy()

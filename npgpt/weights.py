@@ -2,7 +2,9 @@
 
 A safetensors file is an 8-byte little-endian header length, a JSON header naming each tensor's dtype, shape and
 byte range, then the raw bytes. We parse the header ourselves so that float32 tensors become read-only NumPy views
-of a memory map (no copy of the weights, pages read on demand) and so that a damaged file is reported precisely.
+of a memory map (no copy of the weights) and so that a damaged file is reported precisely; we accept the same files
+the safetensors library does. Loading reads every weight once, to refuse NaN or infinite values. We write the
+format ourselves too, so that a failed write is an ordinary OSError we can report.
 
 Names follow OpenAI's checkpoint as published on the hub: `wte.weight`, `h.0.attn.c_attn.weight`, ...; the
 `transformer.` prefix that transformers' `save_pretrained` writes is accepted and removed, the causal-mask buffers
@@ -12,11 +14,14 @@ Pickle checkpoints (.bin, .pt, ...) are refused: unpickling a downloaded file ca
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import mmap
 import os
 import re
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -73,9 +78,9 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 raise WeightsError(f"{path}: not a safetensors file or truncated: bad header length {n}{hint}")
             try:
                 header = json.loads(f.read(n))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # deep nesting overflows
                 raise WeightsError(f"{path}: not a safetensors file: its header is not JSON") from None
-            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + n else b""
+            buffer = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the file has >= 8 bytes
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -84,31 +89,81 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         raise WeightsError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: not a safetensors file: its header is not a JSON object")
+    entries = {name: _header_entry(path, name, info) for name, info in header.items() if name != "__metadata__"}
     start, data_size = 8 + n, size - 8 - n
-    tensors = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        tensors[name] = _tensor_view(path, name, info, buffer, start, data_size)
-    return tensors
+    _check_layout(path, entries, start, data_size)
+    return {name: _tensor_view(entry, buffer, start) for name, entry in entries.items()}
 
 
-def _tensor_view(path, name, info, buffer, start, data_size) -> np.ndarray:
-    try:
-        dtype_name, shape, (begin, end) = info["dtype"], [int(s) for s in info["shape"]], info["data_offsets"]
-    except (TypeError, KeyError, ValueError):
-        raise WeightsError(f"{path}: tensor {name!r} has a malformed header entry") from None
-    if dtype_name not in _DTYPES:
-        raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype_name}")
-    dtype = np.dtype(_DTYPES[dtype_name])
-    count = int(np.prod(shape, dtype=np.int64))
-    if any(s < 0 for s in shape) or not 0 <= begin <= end or end - begin != count * dtype.itemsize:
-        raise WeightsError(f"{path}: tensor {name!r}: byte range {begin}..{end} does not fit shape {shape}")
-    if end > data_size:
-        raise WeightsError(f"{path}: truncated: tensor {name!r} ends at byte {start + end}, "
+class _Entry(NamedTuple):
+    """One tensor's header entry, checked: its dtype name, shape and byte range within the data."""
+    dtype: str
+    shape: list[int]
+    begin: int
+    end: int
+
+
+def _is_count(value) -> bool:
+    """A non-negative JSON integer. `type(...) is int` refuses floats, strings and bools (True is an int)."""
+    return type(value) is int and value >= 0
+
+
+def _header_entry(path: str, name: str, info) -> _Entry:
+    """The checked header entry of one tensor. Sizes are Python ints, so absurd shapes cannot overflow."""
+    def bad(what: str) -> WeightsError:
+        return WeightsError(f"{path}: tensor {name!r} has a malformed header entry ({what}); "
+                            "the file is damaged, download or export it again")
+
+    if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+        raise bad("it needs dtype, shape and data_offsets")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str):
+        raise bad(f"dtype {dtype!r} is not a name")
+    if dtype not in _DTYPES:
+        raise WeightsError(f"{path}: tensor {name!r} has unsupported dtype {dtype}; "
+                           f"npgpt reads {', '.join(_DTYPES)}")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise bad(f"data_offsets {offsets!r} is not two non-negative integers")
+    begin, end = offsets
+    nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+    if end < begin or end - begin != nbytes:
+        raise WeightsError(f"{path}: tensor {name!r}: its shape {shape} needs {nbytes} bytes but its byte range "
+                           f"{begin}..{end} holds {end - begin}; the file is damaged, download it again")
+    return _Entry(dtype, shape, begin, end)
+
+
+def _check_layout(path: str, entries: dict[str, _Entry], start: int, data_size: int) -> None:
+    """The byte ranges must tile the data: sorted, each begins where the previous ends, and the last ends the file.
+
+    This is the rule the safetensors library enforces (`safetensors.numpy.load_file` refuses overlapping or shared
+    ranges, holes between tensors, and bytes after the last one), so npgpt accepts exactly the files it accepts.
+    A file cut short is the common case and gets its own message, before any other layout problem.
+    """
+    last = max(entries, key=lambda name: entries[name].end, default=None)
+    if last is not None and entries[last].end > data_size:
+        raise WeightsError(f"{path}: truncated: tensor {last!r} ends at byte {start + entries[last].end}, "
                            f"the file has {start + data_size}; download it again")
-    array = np.frombuffer(buffer, dtype=dtype, count=count, offset=start + begin).reshape(shape)
-    if dtype_name == "BF16":  # bfloat16 is the top half of a float32
+    position, previous = 0, None
+    for name, entry in sorted(entries.items(), key=lambda item: (item[1].begin, item[1].end)):
+        if entry.begin < position:
+            raise WeightsError(f"{path}: tensor {name!r} (bytes {entry.begin}..{entry.end}) overlaps tensor "
+                               f"{previous!r}; the file is damaged, download or export it again")
+        if entry.begin > position:
+            raise WeightsError(f"{path}: bytes {position}..{entry.begin} before tensor {name!r} belong to no "
+                               "tensor; the file is damaged, download or export it again")
+        position, previous = entry.end, name
+    if position != data_size:
+        raise WeightsError(f"{path}: bytes {position}..{data_size} at the end belong to no tensor; "
+                           "the file is damaged, download or export it again")
+
+
+def _tensor_view(entry: _Entry, buffer, start: int) -> np.ndarray:
+    dtype = np.dtype(_DTYPES[entry.dtype])
+    count = math.prod(entry.shape)  # the layout check has put begin..end inside the file
+    array = np.frombuffer(buffer, dtype=dtype, count=count, offset=start + entry.begin).reshape(entry.shape)
+    if entry.dtype == "BF16":  # bfloat16 is the top half of a float32
         array = (array.astype(np.uint32) << 16).view(np.float32)
     elif not array.flags.aligned:  # BLAS wants aligned data; safetensors writers normally align
         array = array.copy()
@@ -158,7 +213,7 @@ def load_weights(files: str | list[str], config: GPT2Config) -> dict[str, np.nda
     that differs from `wte.weight` (an untied head). Arrays are float32 and, where the file allows, memory-mapped.
     """
     files = [files] if isinstance(files, (str, os.PathLike)) else files
-    state, origin = {}, {}
+    state, origin, source = {}, {}, {}
     for path in files:
         for key, array in read_safetensors(path).items():
             name = canonical_name(key)
@@ -166,7 +221,7 @@ def load_weights(files: str | list[str], config: GPT2Config) -> dict[str, np.nda
                 continue
             if name in state:
                 raise WeightsError(f"{path}: tensor {name!r} appears twice (as {origin[name]!r} and {key!r})")
-            state[name], origin[name] = array, key
+            state[name], origin[name], source[name] = array, key, os.fspath(path)
     where = files[0] if len(files) == 1 else os.path.dirname(files[0]) or "."
     expected = expected_shapes(config)
     for name, shape in expected.items():
@@ -190,18 +245,57 @@ def load_weights(files: str | list[str], config: GPT2Config) -> dict[str, np.nda
             if not np.issubdtype(array.dtype, np.floating):
                 raise WeightsError(f"{where}: tensor {origin[name]!r} has dtype {array.dtype}, expected floats")
             state[name] = array.astype(np.float32)
+        if not _all_finite(state[name]):
+            raise WeightsError(f"{source[name]}: tensor {origin[name]!r} has NaN or infinite values; "
+                               "the checkpoint is damaged")
     return state
 
 
-def save_weights(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write tensors in the official layout; the file appears only once it is complete."""
-    from safetensors.numpy import save_file
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite, in one read of the array and without a copy of it.
 
+    A sum is NaN or infinite when any value is, so a finite sum settles it. A sum of large finite values can
+    overflow as well, so only then is each value checked (that makes a temporary bool array, but rarely).
+    Note the sum reads every page of a memory-mapped array once, which is most of what this check costs.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = array.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(array).all())
+
+
+def save_weights(state: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write tensors in the official layout; the file appears only once it is complete.
+
+    A failed write (disk full, no permission, ...) leaves no temporary file behind and any earlier file intact.
+    """
     path = os.fspath(path)
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, tmp, metadata={"format": "pt"})
+        with open(tmp, "wb") as f:
+            write_safetensors(state, f)
         os.replace(tmp, path)
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot write the weights ({e.strerror or e}); "
+                           "free some space or choose another directory") from None
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):  # after os.replace there is no temporary to remove
             os.remove(tmp)
+
+
+def write_safetensors(state: dict[str, np.ndarray], f) -> None:
+    """Write float32 tensors to an open binary file as safetensors, with the metadata transformers expects.
+
+    We write the format ourselves, as we read it, because the safetensors library reports a failed write as a
+    SafetensorError with the OS error folded into its text; here a full disk is an OSError with its errno.
+    The arrays are written from memory as they are (a memory-mapped checkpoint is not copied first).
+    """
+    arrays = {name: np.asarray(array, dtype="<f4", order="C") for name, array in state.items()}
+    header, offset = {"__metadata__": {"format": "pt"}}, 0
+    for name, array in arrays.items():
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # pad so the data start 8-byte aligned, as the safetensors library does
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for array in arrays.values():
+        f.write(array)  # a C-contiguous array is a bytes-like object

@@ -15,13 +15,14 @@ from .errors import (ConfigError, ContextLengthError, DistributionError, HubErro
                      PromptTruncatedWarning, SettingsError, TokenizerError, WeightsError)
 from .results import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
+from .settings import GenerationConfig
 from .tokenizer import Tokenizer
 from .weights import refuse_pickle
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "GPT2", "GPT2Config", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
+    "GPT2", "GPT2Config", "GenerationConfig", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
     "NpgptError", "ConfigError", "WeightsError", "TokenizerError", "InputError", "ContextLengthError", "SettingsError",
     "DistributionError", "HubError", "PromptTruncatedWarning", "__version__",
 ]

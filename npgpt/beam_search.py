@@ -21,7 +21,7 @@ NEVER = -1.0e9  # transformers' "never" score in beam search bookkeeping
 
 def beam_search(model, prompts: list[list[int]], s) -> list[list[Row]]:
     """The s.n best finished beams of each prompt, best first, as finished Rows with their scores."""
-    tokenizer, nb, n_prompts, eos = model.tokenizer, s.num_beams, len(prompts), model.tokenizer.eot_id
+    tokenizer, nb, n_prompts, eos = model.tokenizer, s.num_beams, len(prompts), list(s.eos_ids)
     limits = np.array([min(s.max_new_tokens, model.config.n_positions - len(p)) for p in prompts])  # [P]
     if limits.max() == 0:
         return [[_finished_row(tokenizer, [], 0.0, s, limit, False) for _ in range(s.n)] for limit in limits]
@@ -51,7 +51,7 @@ def beam_search(model, prompts: list[list[int]], s) -> list[list[Row]]:
         cand_beam, cand_token = best // vocab, best % vocab
         cand = np.concatenate([np.take_along_axis(running, cand_beam[:, :, None], axis=1),
                                cand_token[:, :, None]], axis=2)  # [P, 2nb, cur + 1]
-        hits = (cand_token == eos) | (cur + 1 >= limits)[:, None] | _stopped(tokenizer, cand, s.stop)  # [P, 2nb]
+        hits = np.isin(cand_token, eos) | (cur + 1 >= limits)[:, None] | _stopped(tokenizer, cand, s.stop)  # [P, 2nb]
 
         # the best nb candidates that did not finish run on
         unfinished_scores = cand_scores + hits * np.float32(NEVER)
@@ -91,7 +91,7 @@ def beam_search(model, prompts: list[list[int]], s) -> list[list[Row]]:
         beams = []
         for b in range(s.n):
             tokens = finished[p, b, :finished_length[p, b]].tolist()
-            ended = bool(tokens) and tokens[-1] == eos
+            ended = bool(tokens) and tokens[-1] in eos
             beams.append(_finished_row(tokenizer, tokens[:-1] if ended else tokens, float(finished_scores[p, b]),
                                        s, int(limits[p]), ended))
         results.append(beams)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import InitVar, asdict, dataclass, fields
 
 from .errors import ConfigError
 
@@ -24,8 +24,27 @@ class GPT2Config:
     vocab_size: int = 50257  # tokens (the last one, 50256, is <|endoftext|>)
     layer_norm_epsilon: float = 1e-5
     n_inner: int | None = None  # MLP width; None means 4 * n_embd
+    # The names from-scratch tutorials use (seed notebook 003's GPT_CONFIG_124M), so GPT2Config(**that) works;
+    # TUTORIAL_NAMES maps them. Keyword-only stand-ins: they are not fields.
+    context_length: InitVar[int | None] = None
+    emb_dim: InitVar[int | None] = None
+    n_heads: InitVar[int | None] = None
+    n_layers: InitVar[int | None] = None
+    drop_rate: InitVar[float | None] = None
+    qkv_bias: InitVar[bool | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias):
+        given = dict(context_length=context_length, emb_dim=emb_dim, n_heads=n_heads, n_layers=n_layers)
+        defaults = {f.name: f.default for f in fields(self)}
+        for alias, value in given.items():
+            if value is None:
+                continue
+            name = TUTORIAL_NAMES[alias]
+            if getattr(self, name) not in (defaults[name], value):
+                raise ConfigError(f"config: {alias} and {name} are the same setting and disagree")
+            object.__setattr__(self, name, value)
+        if drop_rate is not None and not (isinstance(drop_rate, (int, float)) and 0 <= drop_rate < 1):
+            raise ConfigError(f"config: drop_rate must be in [0, 1), got {drop_rate!r} (it is off at inference)")
         for name in ("n_layer", "n_head", "n_embd", "n_positions", "vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -71,6 +90,7 @@ class GPT2Config:
                 raise ConfigError(f"{source}: {flag}=true is not supported by npgpt")
         if d.get("scale_attn_weights", True) is False:
             raise ConfigError(f"{source}: scale_attn_weights=false is not supported by npgpt")
+        d = _from_tutorial_names(d, source)
         missing = [k for k in ("n_layer", "n_head", "n_embd") if k not in d]
         if missing:
             raise ConfigError(f"{source}: missing {', '.join(missing)}; is this a GPT-2 config.json?")
@@ -136,5 +156,29 @@ OFFICIAL = {
     "gpt2-xl": ("openai-community/gpt2-xl", GPT2Config(n_layer=48, n_head=25, n_embd=1600)),
     "distilgpt2": ("distilbert/distilgpt2", GPT2Config(n_layer=6, n_head=12, n_embd=768)),
 }
+# The names from-scratch tutorials use (Raschka's GPT_CONFIG_124M, seed notebook 003) -> GPT-2's, in one table.
+# None: a setting that changes nothing at inference (dropout is off) or that GPT-2's layout fixes.
+TUTORIAL_NAMES = {
+    "context_length": "n_positions",
+    "emb_dim": "n_embd",
+    "n_heads": "n_head",
+    "n_layers": "n_layer",
+    "drop_rate": None,  # dropout: training only
+    "qkv_bias": None,  # GPT-2 has query/key/value biases; a model without them is one with zero biases
+}
+
+
+def _from_tutorial_names(d: dict, source: str) -> dict:
+    out = {}
+    for key, value in d.items():
+        name = TUTORIAL_NAMES.get(key, key)
+        if name is None:
+            continue
+        if name in out and out[name] != value:
+            raise ConfigError(f"{source}: {key} and {name} are the same setting and disagree")
+        out[name] = value
+    return out
+
+
 PRESETS = {name: config for name, (_, config) in OFFICIAL.items()}
 HUB_REPOS = {name: repo for name, (repo, _) in OFFICIAL.items()}

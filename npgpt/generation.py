@@ -42,7 +42,7 @@ def generate(model, prompt, **settings):
     """
     s = Settings.parse(model, settings)
     prompts, batched = split_prompts(prompt)
-    rows = [_prompt(model, p, s) for p in prompts]
+    rows = _prompts(model, prompts, s)
     per_prompt = beam_search(model, rows, s) if s.num_beams > 1 else _collect(model, rows, s)
     results = []
     for p, outputs in zip(prompts, per_prompt):
@@ -60,7 +60,7 @@ def stream_steps(model, prompt, **settings) -> Iterator[Step]:
     prompts, batched = split_prompts(prompt)
     if batched or s.n > 1 or s.num_beams > 1:
         raise SettingsError("streaming takes one prompt, n=1 and no beam search")
-    ids = [_prompt(model, prompts[0], s)]
+    ids = _prompts(model, prompts, s)
     rows = _new_rows(model, ids, s)
     return (step for steps in _decode(model, ids, rows, s) for step in steps)
 
@@ -70,24 +70,47 @@ def stream_text(model, prompt, **settings) -> Iterator[str]:
     return (step.text for step in stream_steps(model, prompt, **settings) if step.text)
 
 
-def _prompt(model, prompt, s: Settings) -> list[int]:
-    ids = prompt_ids(model.tokenizer, prompt, model.config.vocab_size)
-    ids, note = fit_to_context(ids, model.config.n_positions, s.max_new_tokens, s.truncate_prompt)
-    if note:
-        warnings.warn(note, PromptTruncatedWarning, stacklevel=4)
-    return ids
+def _prompts(model, prompts: list, s: Settings) -> list[list[int]]:
+    """The prompts' ids, fitted to the context; fixes max_new_tokens when max_length was given."""
+    ids = [prompt_ids(model.tokenizer, p, model.config.vocab_size) for p in _unmask(prompts, s.attention_mask)]
+    s.fix_length(ids)
+    n = model.config.n_positions
+    if s.sliding_window:  # as a sliding window would see them: the last n_positions tokens
+        return [p[-n:] for p in ids]
+    fitted = [fit_to_context(p, n, s.max_new_tokens, s.truncate_prompt) for p in ids]
+    for _, note in fitted:
+        if note:
+            warnings.warn(note, PromptTruncatedWarning, stacklevel=4)
+    return [p for p, _ in fitted]
+
+
+def _unmask(prompts: list, attention_mask) -> list:
+    """With an attention_mask [B, T] (transformers' way of padding a batch of ids), each row's tokens."""
+    if attention_mask is None:
+        return prompts
+    mask = np.asarray(attention_mask)
+    if mask.ndim == 1:
+        mask = mask[None]
+    widths = {len(p) for p in prompts if not isinstance(p, str)}
+    if any(isinstance(p, str) for p in prompts) or mask.shape != (len(prompts), *widths) or len(widths) != 1:
+        raise SettingsError(f"attention_mask must match the prompt ids' shape [B, T]; got {list(mask.shape)} "
+                            "for prompts that are not one [B, T] array of ids")
+    if not np.isin(mask, (0, 1)).all():
+        raise SettingsError("attention_mask holds 1 for tokens and 0 for padding, nothing else")
+    return [np.asarray(p)[m == 1] for p, m in zip(prompts, mask)]
 
 
 # ------------------------------------------------------------------------------------------- sampling and greedy
 
 
 def _new_rows(model, prompts: list[list[int]], s: Settings) -> list[Row]:
-    """n rows per prompt, each allowed max_new_tokens or what is left of the context."""
+    """n rows per prompt, each allowed max_new_tokens or what is left of the context (no limit but
+    max_new_tokens with a sliding window)."""
     rows = []
     for p in prompts:
+        room = s.max_new_tokens if s.sliding_window else model.config.n_positions - len(p)
         for _ in range(s.n):
-            row = Row(min(s.max_new_tokens, model.config.n_positions - len(p)), model.tokenizer.stream_decoder(),
-                      StopStrings(s.stop))
+            row = Row(min(s.max_new_tokens, room), model.tokenizer.stream_decoder(), StopStrings(s.stop))
             if row.limit == 0:
                 row.finish_reason = LENGTH if s.max_new_tokens == 0 else CONTEXT
             rows.append(row)
@@ -111,7 +134,8 @@ def _decode(model, prompts: list[list[int]], rows: list[Row], s: Settings) -> It
     if not active:
         return
     tokenizer, sampler = model.tokenizer, s.sampler
-    batch = Sequences(model, prompts, new_tokens=max(row.limit for row in rows), rows=len(rows))
+    batch = Sequences(model, prompts, new_tokens=max(row.limit for row in rows), rows=len(rows),
+                      sliding_window=s.sliding_window)
     batch.select(np.repeat(np.arange(len(prompts)), s.n)[active])  # each prompt was prefilled once
     rngs = [rng for _ in prompts for rng in s.generators(s.n)] if sampler.sampling else None
     rules = sampler.rules(batch.prompt_length)
@@ -125,7 +149,7 @@ def _decode(model, prompts: list[list[int]], rows: list[Row], s: Settings) -> It
         steps, still = [], []
         for j, i in enumerate(active):
             lp = logprobs[j] if logprobs else None
-            text = rows[i].advance(int(chosen[j]), lp, step, s.max_new_tokens, tokenizer.eot_id)
+            text = rows[i].advance(int(chosen[j]), lp, step, s.max_new_tokens, s.eos_ids)
             steps.append(Step(int(chosen[j]), text, rows[i].finish_reason, lp, i))
             if rows[i].finish_reason is None:
                 still.append(j)

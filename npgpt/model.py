@@ -21,7 +21,7 @@ from .generation import generate, stream_steps, stream_text
 from .memory import check_fits
 from .prompts import prompt_ids
 from .sampling import Sampler, apply, probabilities
-from .settings import Settings
+from .settings import GenerationConfig, Settings
 from .tokenizer import Tokenizer
 from .weights import expected_shapes, find_checkpoint, load_weights, save_weights
 
@@ -65,6 +65,17 @@ class Output:
     logits: np.ndarray  # [B, T, V] float32 (T = 1 when only the last position was asked for)
     hidden_states: list[np.ndarray] | None = None  # n_layer + 1 of [B, T, C]
     attentions: list[np.ndarray] | None = None  # n_layer of [B, H, T, S]
+
+    def __repr__(self) -> str:  # shapes, never the arrays
+        def arrays(a):
+            return "None" if a is None else f"{len(a)} x {_shape(a[0])}" if a else "[]"
+
+        return (f"Output(logits={_shape(self.logits)}, hidden_states={arrays(self.hidden_states)}, "
+                f"attentions={arrays(self.attentions)})")
+
+
+def _shape(a: np.ndarray) -> str:
+    return f"{a.dtype}[{', '.join(map(str, a.shape))}]"
 
 
 def attention(x, w: Attention, n_head: int, cache, layer: int, keys_allowed, need_probs: bool,
@@ -154,6 +165,7 @@ class GPT2:
         self.config = config
         self.tokenizer = tokenizer or Tokenizer.gpt2()
         self.name = name
+        self.generation_config = None  # the model's generation_config.json, when it has one (GenerationConfig)
         self.state = state  # official names -> arrays, as in the checkpoint
         c = config
         self.wte = state["wte.weight"]  # [V, C]
@@ -186,7 +198,10 @@ class GPT2:
             raise NpgptError(f"{model_dir}: no such model directory")
         config = GPT2Config.from_json(os.path.join(model_dir, "config.json"))
         state = load_weights(weights or find_checkpoint(model_dir), config)
-        return cls(config, state, Tokenizer.for_model_dir(model_dir), name=name or model_dir)
+        model = cls(config, state, Tokenizer.for_model_dir(model_dir, vocab_size=config.vocab_size),
+                    name=name or model_dir)
+        model.generation_config = GenerationConfig.from_model_dir(model_dir)
+        return model
 
     @classmethod
     def random(cls, config: GPT2Config | str = "gpt2", seed: int = 123) -> "GPT2":
@@ -348,6 +363,43 @@ class GPT2:
         return stream_steps(self, prompt, **settings)
 
     def __repr__(self) -> str:
-        c = self.config
-        return (f"GPT2(name={self.name!r}, n_layer={c.n_layer}, n_head={c.n_head}, n_embd={c.n_embd}, "
-                f"n_positions={c.n_positions}, vocab_size={c.vocab_size}, params={self.n_params:,})")
+        """The module tree, as print(torch_module) shows it, with each part's shapes and parameter count."""
+        c, b = self.config, self.blocks[0]
+
+        def n(*arrays):
+            return f"{sum(a.size for a in arrays):,}"
+
+        def linear(name, w):
+            return f"({name}): Conv1D(in={w.weight.shape[0]}, out={w.weight.shape[1]})  {n(w.weight, w.bias)}"
+
+        def norm(name, w):
+            return f"({name}): LayerNorm(({w.weight.shape[0]},), eps={c.layer_norm_epsilon:g})  {n(w.weight, w.bias)}"
+
+        block_params = sum(a.size for a in _block_arrays(b))
+        head = "tied to wte" if self.lm_head is self.wte else f"its own weight  {n(self.lm_head)}"
+        lines = [
+            f"GPT2(name={self.name!r}, params={self.n_params:,}",
+            f"  (wte): Embedding({c.vocab_size}, {c.n_embd})  {n(self.wte)}",
+            f"  (wpe): Embedding({c.n_positions}, {c.n_embd})  {n(self.wpe)}",
+            f"  (h): {c.n_layer} x Block  {block_params * c.n_layer:,}",
+            f"    {norm('ln_1', b.ln_1)}",
+            f"    (attn): CausalSelfAttention({c.n_head} heads of {c.head_size})  "
+            f"{n(b.attn.c_attn.weight, b.attn.c_attn.bias, b.attn.c_proj.weight, b.attn.c_proj.bias)}",
+            f"      {linear('c_attn', b.attn.c_attn)}",
+            f"      {linear('c_proj', b.attn.c_proj)}",
+            f"    {norm('ln_2', b.ln_2)}",
+            f"    (mlp): MLP(gelu tanh)  {n(b.mlp.c_fc.weight, b.mlp.c_fc.bias, b.mlp.c_proj.weight, b.mlp.c_proj.bias)}",
+            f"      {linear('c_fc', b.mlp.c_fc)}",
+            f"      {linear('c_proj', b.mlp.c_proj)}",
+            f"  {norm('ln_f', self.ln_f)}",
+            f"  (lm_head): Linear({c.n_embd}, {c.vocab_size}, bias=False)  {head}",
+            ")",
+        ]
+        return "\n".join(lines)
+
+
+def _block_arrays(block: Block) -> list[np.ndarray]:
+    """The arrays of one block's weights."""
+    return [block.ln_1.weight, block.ln_1.bias, block.attn.c_attn.weight, block.attn.c_attn.bias,
+            block.attn.c_proj.weight, block.attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+            block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight, block.mlp.c_proj.bias]

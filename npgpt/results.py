@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 # Why generation ended, on every result.
-EOS = "eos"  # the model produced <|endoftext|> (not part of the result)
+EOS = "eos"  # the model produced <|endoftext|> (or another eos_token_id; not part of the result)
 LENGTH = "length"  # max_new_tokens were generated
 STOP = "stop"  # a stop string appeared (the text ends before it; the ids include the tokens that completed it)
 CONTEXT = "context"  # the sequence filled the model's context window (n_positions tokens)
@@ -36,11 +36,19 @@ class TokenLogprob:
 
 
 class _Details:
+    """What a Completion and a TokenCompletion carry beside their text or ids; shown short, as a notebook cell
+    shows them: the text (cut), the finish reason, the token count."""
+
     ids: list[int]  # the new token ids (without a final <|endoftext|>; with the tokens that completed a stop)
     text: str
     finish_reason: str  # "eos", "length", "stop" or "context"
     logprobs: list[TokenLogprob] | None  # with logprobs=True, one per id
     score: float | None  # beam search: the beam's length-normalised log-probability, as transformers'
+
+    def _details(self) -> str:
+        score = "" if self.score is None else f", score={self.score:.4f}"
+        logprobs = "" if not self.logprobs else ", logprobs=[...]"
+        return f"finish_reason={self.finish_reason!r}, tokens={len(self.ids)}{score}{logprobs}"
 
 
 class Completion(str, _Details):
@@ -51,6 +59,10 @@ class Completion(str, _Details):
         self.text, self.ids, self.finish_reason, self.logprobs, self.score = text, ids, finish_reason, logprobs, score
         return self
 
+    def __repr__(self) -> str:
+        text = str.__repr__(self) if len(self) <= 60 else str.__repr__(self[:57]) + "..."
+        return f"Completion({text}, {self._details()})"
+
 
 class TokenCompletion(list, _Details):
     """The generated token ids (a list), carrying text, finish_reason, logprobs and score."""
@@ -59,6 +71,10 @@ class TokenCompletion(list, _Details):
         super().__init__(ids)
         self.ids, self.text, self.finish_reason, self.logprobs, self.score = list(ids), text, finish_reason, \
             logprobs, score
+
+    def __repr__(self) -> str:
+        ids = list.__repr__(self) if len(self) <= 12 else list.__repr__(self[:12])[:-1] + ", ...]"
+        return f"TokenCompletion({ids}, text={self.text[:40]!r}, {self._details()})"
 
 
 @dataclass
@@ -128,9 +144,9 @@ class Row:
     finish_reason: str | None = None
     score: float | None = None
 
-    def advance(self, token: int, logprob, step: int, max_new_tokens: int, eot_id: int) -> str:
+    def advance(self, token: int, logprob, step: int, max_new_tokens: int, eos_ids: tuple[int, ...]) -> str:
         """Record a new token; set the finish reason when the row is done. Returns the text to show now."""
-        if token == eot_id:
+        if token in eos_ids:
             self.finish_reason = EOS
             text = self.stops.feed(self.decoder.flush())[0] + self.stops.flush()
         else:

@@ -2,31 +2,51 @@
 npgpt.study, the CLI), so a setting means the same everywhere and a bad one fails before any work.
 
 Settings hold what shapes a generation (how many tokens, stop strings, n, beams, seed, logprobs); the decoding
-rules are the Sampler's (npgpt.sampling). Names follow transformers' generate and OpenAI's API.
+rules are the Sampler's (npgpt.sampling). Names follow transformers' generate and OpenAI's API, with
+transformers' meanings where both exist: max_length and min_length count the prompt, eos_token_id is an id, a
+list or None (never stop), do_sample=False is greedy whatever the temperature.
+
+Defaults: plain keywords keep npgpt's (greedy; sampling, once asked for, with no top-k), while a
+`GenerationConfig` starts from transformers' (max_length 20, top_k 50 when sampling).
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
-from dataclasses import dataclass, field, fields
+import os
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .errors import SettingsError
 from .memory import check_fits
-from .sampling import Sampler, check_integer, row_generators
+from .rules import check_eos, check_integer
+from .sampling import Sampler, row_generators
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
 MAX_STOP_LENGTH = 1000  # characters of one stop string (a longer one is almost certainly a mistake)
+
+# transformers' keywords that npgpt answers in its own way: a hint instead of "unknown setting"
+NOT_NEEDED = {
+    "output_scores": "results carry each token's log-probability with logprobs=True (top_logprobs=N for "
+                     "alternatives)",
+    "output_logits": "results carry each token's log-probability with logprobs=True",
+    "return_dict_in_generate": "results always carry ids, text, finish_reason, logprobs and score",
+    "use_cache": "npgpt always decodes with its key/value cache",
+    "streamer": "use model.stream(prompt) or model.stream_steps(prompt)",
+    "tokenizer": "npgpt uses the model's own tokenizer for stop strings",
+}
 
 
 @dataclass
 class Settings:
     """Everything but the decoding rules (those are the Sampler's)."""
 
-    max_new_tokens: int = 20
-    stop: list[str] = field(default_factory=list)
+    max_new_tokens: int | None = None  # default 20, unless max_length says otherwise
+    max_length: int | None = None  # prompt (padded width) + new tokens, as transformers
+    stop: list[str] = field(default_factory=list)  # also stop_strings
     n: int = 1  # sequences per prompt (transformers' num_return_sequences)
     num_beams: int = 1
     length_penalty: float = 1.0
@@ -35,18 +55,22 @@ class Settings:
     logprobs: bool = False
     top_logprobs: int = 0
     truncate_prompt: bool = False  # keep the last tokens of a prompt too long for the context
+    sliding_window: bool = False  # generate past the context, keeping its last n_positions tokens
+    pad_token_id: int | None = None  # accepted for transformers' sake: results are per row, nothing is padded
+    attention_mask: object = None  # with a [B, T] array of ids: 1 for tokens, 0 for padding
     sampler: Sampler = field(default_factory=Sampler)
 
     def __post_init__(self):
-        for name, low in (("max_new_tokens", 0), ("n", 1), ("num_beams", 1), ("top_logprobs", 0)):
+        for name, low in (("n", 1), ("num_beams", 1), ("top_logprobs", 0)):
             check_integer(name, getattr(self, name), low)
+        for name in ("max_new_tokens", "max_length", "seed", "pad_token_id"):
+            if getattr(self, name) is not None:
+                check_integer(name, getattr(self, name))
         if self.top_logprobs > MAX_TOP_LOGPROBS:
             raise SettingsError(f"top_logprobs must be at most {MAX_TOP_LOGPROBS}, got {self.top_logprobs}")
-        for name in ("logprobs", "truncate_prompt"):
+        for name in ("logprobs", "truncate_prompt", "sliding_window"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingsError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.seed is not None:
-            check_integer("seed", self.seed)
         if not isinstance(self.length_penalty, (int, float)) or isinstance(self.length_penalty, bool) \
                 or not math.isfinite(self.length_penalty):
             raise SettingsError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
@@ -60,12 +84,14 @@ class Settings:
                 raise SettingsError(f"num_return_sequences ({self.n}) must be <= num_beams ({self.num_beams})")
             if self.logprobs or self.top_logprobs:
                 raise SettingsError("logprobs are not available with beam search; each beam has a score")
+            if self.sliding_window:
+                raise SettingsError("sliding_window works with greedy decoding and sampling, not beam search")
         elif self.n > 1 and not self.sampler.sampling:
             raise SettingsError("n > 1 needs sampling (temperature > 0) or beam search (num_beams >= n)")
 
     @staticmethod
     def _check_stop(stop) -> list[str]:
-        stop = [stop] if isinstance(stop, str) else stop
+        stop = [] if stop is None else [stop] if isinstance(stop, str) else stop
         if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) and s for s in stop):
             raise SettingsError(f"stop must be a non-empty string or a list of them, got {stop!r:.80}")
         long = next((s for s in stop if len(s) > MAX_STOP_LENGTH), None)
@@ -73,29 +99,55 @@ class Settings:
             raise SettingsError(f"a stop string is at most {MAX_STOP_LENGTH} characters, got one of {len(long)}")
         return list(stop)
 
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return check_eos(self.sampler.eos_token_id)
+
+    def new_tokens(self, prompt_width: int) -> int:
+        """How many tokens to generate after prompts `prompt_width` wide (max_length counts the prompt)."""
+        if self.max_length is not None:
+            return max(0, self.max_length - prompt_width)
+        return 20 if self.max_new_tokens is None else self.max_new_tokens
+
+    def fix_length(self, prompts: list[list[int]]) -> None:
+        """Turn max_length (which counts the prompt) into max_new_tokens, now that the prompts are known."""
+        self.max_new_tokens = self.new_tokens(max(len(p) for p in prompts))
+        self.max_length = None
+
     def generators(self, samples: int) -> list[np.random.Generator] | None:
         """One random generator per sample of a prompt, or None when decoding is greedy."""
         return row_generators(self.seed, samples) if self.sampler.sampling else None
 
     @classmethod
     def names(cls) -> set[str]:
-        return {f.name for f in fields(cls)} - {"sampler"} | Sampler.names() | {"num_return_sequences"}
+        own = {f.name for f in fields(cls)} - {"sampler"}
+        return own | Sampler.names() | {"num_return_sequences", "stop_strings", "generation_config"}
 
     @classmethod
     def parse(cls, model, settings: dict) -> "Settings":
         """Split keyword settings (transformers' and OpenAI's names) into Settings and the model's Sampler."""
         settings = dict(settings)
+        config = settings.pop("generation_config", None)
+        if config is not None:
+            if not isinstance(config, GenerationConfig):
+                raise SettingsError(f"generation_config must be an npgpt.GenerationConfig, got "
+                                    f"{type(config).__name__}; build one with GenerationConfig.from_dict(d)")
+            settings = config.settings(overridden_by=settings)
+        for name in settings:
+            if name in NOT_NEEDED:
+                raise SettingsError(f"{name} is not needed with npgpt: {NOT_NEEDED[name]}")
         unknown = sorted(set(settings) - cls.names())
         if unknown:
             raise SettingsError(unknown_setting(unknown[0], cls.names()))
-        if "num_return_sequences" in settings:
-            value = settings.pop("num_return_sequences")
-            if settings.get("n", value) != value:
-                raise SettingsError("n and num_return_sequences are the same setting; give one")
-            settings["n"] = value
+        _merge_alias(settings, "num_return_sequences", "n")
+        _merge_alias(settings, "stop_strings", "stop")
+        if settings.get("max_length") is not None and settings.get("max_new_tokens") is not None:
+            raise SettingsError("max_length and max_new_tokens both set how long to generate; give one "
+                                "(max_length counts the prompt, max_new_tokens does not)")
         rules = {k: settings.pop(k) for k in list(settings) if k in Sampler.names()}
+        rules.setdefault("eos_token_id", model.tokenizer.eot_id)
         tokenizer, vocab = model.tokenizer, model.config.vocab_size
-        sampler = Sampler.from_settings(rules, tokenizer, vocab_size=vocab, eos_token_id=tokenizer.eot_id,
+        sampler = Sampler.from_settings(rules, tokenizer, vocab_size=vocab,
                                         suppress_ids=tuple(range(tokenizer.vocab_size, vocab)))
         made = cls(**settings, sampler=sampler)
         made._check_memory(model.config)
@@ -104,9 +156,18 @@ class Settings:
     def _check_memory(self, config) -> None:
         """Refuse at once an n or num_beams whose rows could never fit (before anything is allocated)."""
         rows = max(self.n, self.num_beams)
-        positions = min(self.max_new_tokens + 1, config.n_positions)
+        positions = min(self.new_tokens(0) + 1, config.n_positions)
         per_row = 2 * config.n_layer * positions * config.n_embd * 4 + 8 * config.vocab_size * 4  # cache, logits
         check_fits(rows * per_row, f"{rows} rows per prompt (n or num_beams)", "lower n or num_beams")
+
+
+def _merge_alias(settings: dict, alias: str, name: str) -> None:
+    """Two names for one setting (num_return_sequences and n, stop_strings and stop): give one, or agree."""
+    if alias in settings:
+        value = settings.pop(alias)
+        if name in settings and settings[name] != value:
+            raise SettingsError(f"{name} and {alias} are the same setting and disagree; give one")
+        settings[name] = value
 
 
 def unknown_setting(name, known) -> str:
@@ -114,3 +175,86 @@ def unknown_setting(name, known) -> str:
     close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else f"; known settings: {', '.join(sorted(known))}"
     return f"unknown setting {name!r}{hint}"
+
+
+# ------------------------------------------------------------------------------------------- GenerationConfig
+
+# bookkeeping a generation_config.json may carry that changes nothing here
+_IGNORED_KEYS = {"transformers_version", "_from_model_config", "bos_token_id", "decoder_start_token_id",
+                 "output_attentions", "output_hidden_states", "output_scores", "output_logits",
+                 "return_dict_in_generate", "use_cache"}
+
+
+@dataclass
+class GenerationConfig:
+    """transformers' GenerationConfig, for the settings npgpt has, with transformers' defaults: greedy unless
+    do_sample=True, and then top_k=50; max_length=20 counts the prompt. Pass it as
+    `generate(prompt, generation_config=config)`; keywords given beside it override its values.
+    `model.generation_config` is the one the model's generation_config.json holds, when it has one."""
+
+    max_length: int = 20
+    max_new_tokens: int | None = None
+    min_length: int = 0
+    min_new_tokens: int | None = None
+    do_sample: bool = False
+    num_beams: int = 1
+    num_return_sequences: int = 1
+    temperature: float = 1.0
+    top_k: int = 50
+    top_p: float = 1.0
+    min_p: float | None = None
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: list | None = None
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    eos_token_id: int | list | None = None  # None here: the model's end-of-text (50256 for GPT-2)
+    pad_token_id: int | None = None
+    stop_strings: list | str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GenerationConfig":
+        if not isinstance(d, dict):
+            raise SettingsError(f"a generation config is a dict of settings, got {type(d).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known - _IGNORED_KEYS)
+        if unknown:
+            raise SettingsError(unknown_setting(unknown[0], known).replace("unknown setting",
+                                                                           "unknown generation config field"))
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str) -> "GenerationConfig | None":
+        """The model's generation_config.json, or None when it has none."""
+        path = os.path.join(model_dir, "generation_config.json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SettingsError(f"{path}: not a readable generation config ({e})") from None
+
+    def settings(self, overridden_by: dict) -> dict:
+        """The keyword settings this config stands for, with `overridden_by`'s on top."""
+        d = self.to_dict()
+        if "max_new_tokens" in overridden_by or d["max_new_tokens"] is not None:  # it wins over max_length
+            d.pop("max_length")
+        if "max_length" in overridden_by:
+            d.pop("max_new_tokens")
+        if d["eos_token_id"] is None:
+            d.pop("eos_token_id")
+        if "stop" in overridden_by:
+            d.pop("stop_strings")
+        if "n" in overridden_by:
+            d.pop("num_return_sequences")
+        if not overridden_by.get("do_sample", d["do_sample"]) or overridden_by.get("temperature") == 0:
+            for name in ("temperature", "top_k", "top_p", "min_p", "typical_p"):
+                d.pop(name)  # greedy: transformers ignores them
+        d = {k: v for k, v in d.items() if v is not None}
+        d.update(overridden_by)
+        return d

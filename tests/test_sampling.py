@@ -134,11 +134,15 @@ def test_next_token_distribution_with_a_word_bias_lowers_that_word():
     ({"logit_bias": {60000: 1.0}}, "logit_bias: token id 60000 is outside the vocabulary"),
     ({"bad_words_ids": [[]]}, "bad_words_ids must be non-empty lists of token ids"),
     ({"top_k": 5, "temperature": 0.0}, "top_k applies only when sampling"),
-    ({"temperature": 0.5, "do_sample": False}, "contradicts do_sample=False"),
 ])
 def test_bad_settings_name_the_setting(rule_settings, message):
     with pytest.raises(npgpt.SettingsError, match=message):
         Sampler(**rule_settings)
+
+
+def test_do_sample_false_is_greedy_whatever_the_temperature_as_transformers():
+    sampler = Sampler(temperature=0.7, top_k=5, do_sample=False)
+    assert not sampler.sampling and sampler.rules(0) == []
 
 
 def test_when_decoding_samples():

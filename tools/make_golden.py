@@ -23,6 +23,10 @@ tests/golden/processors_vocab.safetensors: the rules on 200 rows of full-vocabul
 (stored as the hidden states they are rebuilt from, exactly; outputs stored compactly, see make_processors_vocab).
 tests/golden/tiny/stop.safetensors: greedy and beam search with stop strings (transformers' stop_strings).
 
+Issue 11: tests/golden/tiny/habits.safetensors: transformers' generate with its own keywords as given (max_length,
+eos_token_id as an id, a list or None, pad_token_id, min_length, do_sample=False beside sampling settings,
+stop_strings, a GenerationConfig), rows as generate returns them (padded with pad_token_id after their end).
+
 A golden file whose tensors and metadata are unchanged is left as it is (safetensors writes its metadata keys in
 no fixed order), so that running this script reproduces the committed files byte for byte.
 
@@ -397,6 +401,83 @@ def make_stop():
     print(f"tiny/stop: {len(STOP_RUNS)} runs, {os.path.getsize(path) / 1e3:.1f} kB")
 
 
+# Issue 11: transformers' keywords with transformers' meanings. Prompts (GPT-2's tokenizer) and the settings given
+# to transformers' generate as they are; end tokens are chosen from the tiny model's greedy continuations
+# ("Hello, I am" -> ... " Bub" (19645) as its 4th token; "Every effort moves you" -> 21319 5th; "The cat sat on
+# the" -> 33891 7th; "Every day holds a" -> 33891 2nd), so that the rows end where the cases need them to.
+HELLO, CAT, EFFORT, DAY = "Hello, I am", "The cat sat on the", "Every effort moves you", "Every day holds a"
+EOS_BIAS = {(50256,): 3.75}  # "The cat sat on the" then emits <|endoftext|> as its 5th token
+HABIT_RUNS = {
+    "max_length": ([HELLO], dict(max_length=14, eos_token_id=19645, pad_token_id=50256)),
+    "max_length_open": ([CAT], dict(max_length=14, eos_token_id=19645, pad_token_id=50256)),
+    "max_length_batch": ([HELLO, CAT], dict(max_length=15, eos_token_id=19645, pad_token_id=0)),
+    "eos_list": ([EFFORT], dict(max_length=16, eos_token_id=[50256, 21319], pad_token_id=50256)),
+    "eos_list_batch": ([CAT, DAY], dict(max_length=16, eos_token_id=[50256, 33891], pad_token_id=50256)),
+    "eos_default": ([CAT], dict(max_new_tokens=12, sequence_bias=EOS_BIAS)),  # the model's eos: 50256
+    "eos_none": ([CAT], dict(max_new_tokens=12, sequence_bias=EOS_BIAS, eos_token_id=None)),  # never stops
+    "greedy_despite_sampling": ([DAY], dict(max_length=16, do_sample=False, temperature=0.7, top_k=5)),
+    # 19645 held back at length 7 < 10; 581 ends the row at length 10
+    "min_length": ([HELLO], dict(max_length=20, min_length=10, eos_token_id=[19645, 581], pad_token_id=50256)),
+    # the padded width counts: row 0 (4 tokens, padded to 5) emits 19645 at length 8 = min_length: not held back
+    "min_length_batch": ([HELLO, CAT], dict(max_length=15, min_length=8, eos_token_id=19645, pad_token_id=50256)),
+    "min_length_batch_held": ([HELLO, CAT], dict(max_length=15, min_length=9, eos_token_id=19645,
+                                                 pad_token_id=50256)),
+    "stop_strings": ([CAT], dict(max_length=20, stop_strings=["ool disc"], pad_token_id=50256)),  # across 2 tokens
+    "config_beams": ([DAY], dict(generation_config=dict(max_length=12, num_beams=3, num_return_sequences=2))),
+    # no max_length: transformers 5 then generates 20 new tokens (its default max_length=20 counts them only)
+    "config_default": ([EFFORT], dict(generation_config=dict())),
+    "config_max_length": ([EFFORT], dict(generation_config=dict(max_length=20))),  # counts the prompt
+}
+
+
+def transformers_end(row, eos_ids, stop_strings, tokenizer) -> tuple[int, str]:
+    """Where a row of transformers' new tokens ends: (tokens before the end, "eos" | "stop" | "length"); an
+    <|endoftext|>-like end token is not counted, the token that completes a stop string is."""
+    for i, token in enumerate(row.tolist()):
+        if token in eos_ids:
+            return i, "eos"
+        if any(s in tokenizer.decode(row[:i + 1]) for s in stop_strings):
+            return i + 1, "stop"
+    return len(row), "length"
+
+
+def make_habits():
+    """transformers' generate on the tiny model with its own keywords as given (HABIT_RUNS): tokens [B * n, N] as
+    generate returns them (each row padded after its end with pad_token_id, or with the model's eos when none is
+    given), the left-padded prompt [B, T] (padded with pad_token_id, or 50256) and its mask, and beams' scores."""
+    from transformers import GenerationConfig
+
+    tokenizer = reference.gpt2_tokenizer()
+    model = reference.build(3, **TINY)
+    out = {}
+    for run, (prompts, settings) in HABIT_RUNS.items():
+        settings = dict(settings)
+        pad = settings.get("pad_token_id")
+        ids, mask = left_pad([tokenizer.encode(p) for p in prompts], 50256 if pad is None else pad)
+        if "generation_config" in settings:
+            settings["generation_config"] = GenerationConfig(**settings["generation_config"])
+        if "stop_strings" in settings:
+            settings["tokenizer"] = tokenizer
+        tokens, steps, scores = reference.generate_as_given(model, ids, mask, **settings)
+        eos = settings.get("eos_token_id", 50256)
+        eos_ids = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+        pad = 50256 if pad is None else pad
+        for r, row in enumerate(tokens):
+            end, reason = transformers_end(row, eos_ids, settings.get("stop_strings", []), tokenizer)
+            rest = row[end + (reason == "eos"):]
+            assert (rest == pad).all(), (run, r, "only padding follows a row's end")
+            if steps is not None:  # greedy: no chosen token may be a near-tie (float32 rounding could flip it)
+                top2 = np.sort(steps[:end + (reason == "eos"), r], axis=-1)[:, -2:]
+                assert (top2[:, 1] - top2[:, 0]).min() > 1e-4, (run, r, "a greedy step is a near-tie")
+            print(f"  {run}[{r}]: {reason} after {end} tokens")
+        out[f"{run}.prompt"], out[f"{run}.mask"], out[f"{run}.tokens"] = ids, mask, tokens
+        if scores is not None:
+            out[f"{run}.scores"] = scores
+    path = os.path.join(GOLDEN, "tiny", "habits.safetensors")
+    save_golden(out, path, metadata={"made_by": "tools/make_golden.py"})
+    print(f"tiny/habits: {len(HABIT_RUNS)} runs, {os.path.getsize(path) / 1e3:.1f} kB")
+
+
 def main():
     rng = np.random.default_rng(2)
     # A small vocabulary keeps full logits, hidden states and attentions of every position affordable.
@@ -415,6 +496,7 @@ def main():
     make_long()
     make_processors_vocab()
     make_stop()
+    make_habits()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Used by tools/make_golden.py (golden data) and by the parity tests. Needs torch 
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -139,3 +140,22 @@ def generate(model, ids: np.ndarray, attention_mask: np.ndarray | None = None, p
                          return_dict_in_generate=True, output_scores=True, **settings)
     scores = getattr(out, "sequences_scores", None)
     return out.sequences[:, ids_t.shape[1]:].numpy(), None if scores is None else scores.numpy()
+
+
+@torch.no_grad()
+def generate_as_given(model, ids: np.ndarray, attention_mask: np.ndarray | None = None, **settings):
+    """transformers' `generate` with exactly the settings given (eos_token_id, pad_token_id, max_length,
+    generation_config, ...; nothing filled in here): (new tokens [B * n, N] as generate pads them, the processed
+    scores of each step [N, B * n, V] for greedy search (else None), sequence scores or None)."""
+    ids_t = torch.as_tensor(ids, dtype=torch.long)
+    mask_t = torch.ones_like(ids_t) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+    outputs = dict(return_dict_in_generate=True, output_scores=True)
+    if settings.get("generation_config") is not None:  # set on the config itself (beside it is deprecated)
+        config = settings["generation_config"] = copy.deepcopy(settings["generation_config"])
+        for name, value in outputs.items():
+            setattr(config, name, value)
+        outputs = {}
+    out = model.generate(ids_t, attention_mask=mask_t, **outputs, **settings)
+    scores = getattr(out, "sequences_scores", None)
+    steps = None if scores is not None else np.stack([s.numpy() for s in out.scores])
+    return out.sequences[:, ids_t.shape[1]:].numpy(), steps, None if scores is None else scores.numpy()

@@ -18,7 +18,7 @@ from .beam_search import beam_search
 from .errors import PromptTruncatedWarning, SettingsError
 from .prompts import fit_to_context, prompt_ids, split_prompts
 from .results import CONTEXT, LENGTH, Alternative, Row, Step, StopStrings, TokenLogprob
-from .sampling import apply
+from .speculative import Assistant, PromptLookup, verify
 from .sequences import Sequences
 from .settings import Settings
 
@@ -126,49 +126,78 @@ def _collect(model, prompts: list[list[int]], s: Settings) -> list[list[Row]]:
 
 
 def _decode(model, prompts: list[list[int]], rows: list[Row], s: Settings) -> Iterator[list[Step]]:
-    """The token-by-token loop over a batch (n rows per prompt, in `rows`); yields each step's new tokens.
+    """The decoding loop over a batch (n rows per prompt, in `rows`); yields each step's new tokens.
 
-    Each row is finished in place (its finish_reason set); finished rows leave the batch and the cache.
+    A step chooses one token per row, or, with drafts (speculative decoding), checks them all in one forward
+    pass and emits each row's accepted drafts and one token more. Each row is finished in place (its
+    finish_reason set); finished rows leave the batch and the cache.
     """
     active = [i for i, row in enumerate(rows) if row.finish_reason is None]
     if not active:
         return
     tokenizer, sampler = model.tokenizer, s.sampler
-    batch = Sequences(model, prompts, new_tokens=max(row.limit for row in rows), rows=len(rows),
+    batch = Sequences(model, prompts, new_tokens=max(row.limit for row in rows) + s.draft_room, rows=len(rows),
                       sliding_window=s.sliding_window)
-    batch.select(np.repeat(np.arange(len(prompts)), s.n)[active])  # each prompt was prefilled once
+    origin = np.repeat(np.arange(len(prompts)), s.n)[active]  # each prompt was prefilled once
+    batch.select(origin)
     rngs = [rng for _ in prompts for rng in s.generators(s.n)] if sampler.sampling else None
+    rngs = [rngs[i] for i in active] if rngs else None
     rules = sampler.rules(batch.prompt_length)
-    step = 0
+    drafter = drafter_for(model, s, prompts, origin, sampler.rules)
+    logits, drafts, q = batch.logits[:, None], [[] for _ in active], None  # [A, 1 + k, V]
+    histories, ran = batch.tokens, False  # ran: logits come from a run() whose tokens are yet to be kept
     while True:
-        step += 1
-        processed = apply(rules, batch.history, batch.logits)  # [A, V]
-        chosen = sampler.select(processed, [rngs[i] for i in active] if rngs else None)  # [A]
-        logprobs = _logprobs(tokenizer, batch.logits, chosen, s.top_logprobs) if s.logprobs or s.top_logprobs \
-            else None
+        emitted = verify(sampler, rules, histories, logits, drafts, rngs, q)  # per row: its new tokens
         steps, still = [], []
         for j, i in enumerate(active):
-            lp = logprobs[j] if logprobs else None
-            text = rows[i].advance(int(chosen[j]), lp, step, s.max_new_tokens, s.eos_ids)
-            steps.append(Step(int(chosen[j]), text, rows[i].finish_reason, lp, i))
+            for position, token in enumerate(emitted[j]):
+                lp = _logprobs(tokenizer, logits[j, position], token, s.top_logprobs) if s.logprobs or \
+                    s.top_logprobs else None
+                text = rows[i].advance(token, lp, s.max_new_tokens, s.eos_ids)
+                steps.append(Step(token, text, rows[i].finish_reason, lp, i))
+                if rows[i].finish_reason is not None:
+                    break
             if rows[i].finish_reason is None:
                 still.append(j)
         yield steps
         if not still:
             return
-        active = [active[j] for j in still]
+        finals = [emitted[j][-1] for j in still]
+        if drafter is None:  # plain decoding: one position per row
+            batch.select(still)
+            batch.extend(finals)
+            logits, histories, drafts = batch.logits[:, None], batch.tokens, [[] for _ in still]
+            active = [active[j] for j in still]
+            continue
+        accepted = [len(e) - 1 for e in emitted]
+        if ran:  # the last run() held the last token and the drafts: keep what was accepted
+            batch.keep([a + 1 for a in accepted])
+        drafter.accepted(accepted, [len(d) for d in drafts], [e[-1] for e in emitted])
         batch.select(still)
-        batch.extend(chosen[still])
+        drafter.select(still)
+        active = [active[j] for j in still]
+        rngs = [rngs[j] for j in still] if rngs else None
+        budgets = [rows[i].limit - len(rows[i].ids) - 1 for i in active]  # no drafts past a row's end
+        histories = [np.append(tokens, f) for tokens, f in zip(batch.tokens, finals)]  # with the token to run
+        drafts, q = drafter.propose(histories, budgets)
+        logits, ran = batch.run([[f] + [int(d) for d in ds] for f, ds in zip(finals, drafts)]), True
 
 
-def _logprobs(tokenizer, logits: np.ndarray, chosen: np.ndarray, top: int) -> list[TokenLogprob]:
-    logp = ops.log_softmax(logits)  # [A, V], the model's own distribution
-    out = []
-    for j, token in enumerate(chosen):
-        alternatives = []
-        if top:
-            best = np.argpartition(-logp[j], top - 1)[:top]
-            best = best[np.argsort(-logp[j, best], kind="stable")]
-            alternatives = [Alternative(tokenizer.token_text(int(t)), int(t), float(logp[j, t])) for t in best]
-        out.append(TokenLogprob(tokenizer.token_text(int(token)), int(token), float(logp[j, token]), alternatives))
-    return out
+def drafter_for(model, s: Settings, prompts, origin, rules_for):
+    """The source of drafts for speculative decoding (None without it)."""
+    if s.prompt_lookup_num_tokens:
+        return PromptLookup(s.prompt_lookup_num_tokens, s.max_matching_ngram_size)
+    if s.assistant_model is not None:
+        return Assistant(s.assistant_model, model, s, prompts, origin, s.num_assistant_tokens, rules_for)
+    return None
+
+
+def _logprobs(tokenizer, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+    """A token's log-probability under the model's own distribution (logits [V]) and the top alternatives."""
+    logp = ops.log_softmax(logits)  # [V]
+    alternatives = []
+    if top:
+        best = np.argpartition(-logp, top - 1)[:top]
+        best = best[np.argsort(-logp[best], kind="stable")]
+        alternatives = [Alternative(tokenizer.token_text(int(t)), int(t), float(logp[t])) for t in best]
+    return TokenLogprob(tokenizer.token_text(int(token)), int(token), float(logp[token]), alternatives)

@@ -149,6 +149,25 @@ class KVCache:
             setattr(self, name, new)
 
 
+    def compact(self, keep: np.ndarray, capacity: int) -> np.ndarray:
+        """Keep only the positions where keep [B, length] is True, each row's moved to the end of the filled
+        part (earlier places become padding), in a cache of `capacity` positions. Returns the new padding mask
+        [B, new length] (True = a position). Speculative decoding leaves holes; this closes them."""
+        counts = keep.sum(axis=1)
+        n = int(counts.max())
+        mask = np.arange(n)[None] >= (n - counts)[:, None]  # [B, n]: right-aligned
+        shape = self.keys.shape[:3] + (max(capacity, n),) + self.keys.shape[4:]
+        check_fits(2 * 4 * math.prod(shape), f"a key/value cache of {shape[1]} rows x {shape[3]} positions",
+                   "use fewer rows or positions")
+        for name in ("keys", "values"):
+            old, new = getattr(self, name), np.zeros(shape, dtype=np.float32)
+            for row in range(shape[1]):
+                new[:, row, :, n - counts[row]:n] = old[:, row, :, np.nonzero(keep[row])[0]]
+            setattr(self, name, new)
+        self.length = n
+        return mask
+
+
 def _nested(ids) -> bool:
     """Whether ids given as a Python sequence hold rows ([B, T]) rather than ids ([T])."""
     return isinstance(ids, (list, tuple)) and bool(ids) and isinstance(ids[0], (list, tuple, np.ndarray))

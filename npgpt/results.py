@@ -144,7 +144,7 @@ class Row:
     finish_reason: str | None = None
     score: float | None = None
 
-    def advance(self, token: int, logprob, step: int, max_new_tokens: int, eos_ids: tuple[int, ...]) -> str:
+    def advance(self, token: int, logprob, max_new_tokens: int, eos_ids: tuple[int, ...]) -> str:
         """Record a new token; set the finish reason when the row is done. Returns the text to show now."""
         if token in eos_ids:
             self.finish_reason = EOS
@@ -156,8 +156,8 @@ class Row:
             text, stopped = self.stops.feed(self.decoder.feed(token))
             if stopped:
                 self.finish_reason = STOP
-            elif step == self.limit:
-                self.finish_reason = LENGTH if step == max_new_tokens else CONTEXT
+            elif len(self.ids) == self.limit:
+                self.finish_reason = LENGTH if len(self.ids) == max_new_tokens else CONTEXT
                 tail, stopped = self.stops.feed(self.decoder.flush())
                 text += tail if stopped else tail + self.stops.flush()
                 if stopped:

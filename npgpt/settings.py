@@ -7,7 +7,7 @@ transformers' meanings where both exist: max_length and min_length count the pro
 list or None (never stop), do_sample=False is greedy whatever the temperature.
 
 Defaults: plain keywords keep npgpt's (greedy; sampling, once asked for, with no top-k), while a
-`GenerationConfig` starts from transformers' (max_length 20, top_k 50 when sampling).
+`GenerationConfig` starts from transformers' (top_k 50 when sampling).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .rules import check_eos, check_integer
 from .sampling import Sampler, row_generators
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI's API
+MAX_DRAFT = 64  # drafted tokens per step (a verify step runs them all at once)
 MAX_STOP_LENGTH = 1000  # characters of one stop string (a longer one is almost certainly a mistake)
 
 # transformers' keywords that npgpt answers in its own way: a hint instead of "unknown setting"
@@ -58,6 +59,10 @@ class Settings:
     sliding_window: bool = False  # generate past the context, keeping its last n_positions tokens
     pad_token_id: int | None = None  # accepted for transformers' sake: results are per row, nothing is padded
     attention_mask: object = None  # with a [B, T] array of ids: 1 for tokens, 0 for padding
+    prompt_lookup_num_tokens: int | None = None  # speculative decoding: drafts copied from the text, up to this many
+    max_matching_ngram_size: int = 2  # prompt lookup: the longest n-gram looked for
+    assistant_model: object = None  # speculative decoding: a smaller GPT-2 with the same tokenizer drafts
+    num_assistant_tokens: int = 16  # the most an assistant drafts at a time (it adapts from 5)
     sampler: Sampler = field(default_factory=Sampler)
 
     def __post_init__(self):
@@ -77,6 +82,7 @@ class Settings:
         if self.early_stopping not in (True, False, "never"):
             raise SettingsError(f"early_stopping must be true, false or 'never', got {self.early_stopping!r}")
         self.stop = self._check_stop(self.stop)
+        self._check_speculative()
         if self.num_beams > 1:
             if self.sampler.sampling:
                 raise SettingsError("beam search with sampling is not supported; use temperature 0 with num_beams")
@@ -88,6 +94,37 @@ class Settings:
                 raise SettingsError("sliding_window works with greedy decoding and sampling, not beam search")
         elif self.n > 1 and not self.sampler.sampling:
             raise SettingsError("n > 1 needs sampling (temperature > 0) or beam search (num_beams >= n)")
+
+    def _check_speculative(self) -> None:
+        if self.prompt_lookup_num_tokens is not None:
+            check_integer("prompt_lookup_num_tokens", self.prompt_lookup_num_tokens, 1)
+            if self.prompt_lookup_num_tokens > MAX_DRAFT:
+                raise SettingsError(f"prompt_lookup_num_tokens must be at most {MAX_DRAFT}, "
+                                    f"got {self.prompt_lookup_num_tokens}")
+        check_integer("max_matching_ngram_size", self.max_matching_ngram_size, 1)
+        check_integer("num_assistant_tokens", self.num_assistant_tokens, 1)
+        if self.num_assistant_tokens > MAX_DRAFT:
+            raise SettingsError(f"num_assistant_tokens must be at most {MAX_DRAFT}, got {self.num_assistant_tokens}")
+        if self.assistant_model is not None and not hasattr(self.assistant_model, "forward"):
+            raise SettingsError(f"assistant_model must be an npgpt model (npgpt.load(...)), "
+                                f"got {type(self.assistant_model).__name__}")
+        if self.speculative:
+            if self.prompt_lookup_num_tokens and self.assistant_model is not None:
+                raise SettingsError("prompt_lookup_num_tokens and assistant_model are two ways to draft; give one")
+            if self.num_beams > 1 or self.sliding_window:
+                raise SettingsError("speculative decoding (prompt_lookup_num_tokens, assistant_model) works with "
+                                    "greedy decoding and sampling, not with beam search or sliding_window")
+
+    @property
+    def speculative(self) -> bool:
+        return bool(self.prompt_lookup_num_tokens) or self.assistant_model is not None
+
+    @property
+    def draft_room(self) -> int:
+        """Cache positions to keep beyond the tokens generated: a verify step runs the drafts too."""
+        if not self.speculative:
+            return 0
+        return 1 + (self.prompt_lookup_num_tokens or self.num_assistant_tokens)
 
     @staticmethod
     def _check_stop(stop) -> list[str]:
@@ -188,11 +225,12 @@ _IGNORED_KEYS = {"transformers_version", "_from_model_config", "bos_token_id", "
 @dataclass
 class GenerationConfig:
     """transformers' GenerationConfig, for the settings npgpt has, with transformers' defaults: greedy unless
-    do_sample=True, and then top_k=50; max_length=20 counts the prompt. Pass it as
+    do_sample=True, and then top_k=50; 20 new tokens unless max_length (which counts the prompt) or
+    max_new_tokens says otherwise. Pass it as
     `generate(prompt, generation_config=config)`; keywords given beside it override its values.
     `model.generation_config` is the one the model's generation_config.json holds, when it has one."""
 
-    max_length: int = 20
+    max_length: int | None = None  # unset: 20 new tokens (transformers 5); set: counts the prompt
     max_new_tokens: int | None = None
     min_length: int = 0
     min_new_tokens: int | None = None

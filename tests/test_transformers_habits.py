@@ -89,9 +89,11 @@ def test_keywords_npgpt_does_not_need_say_what_to_use(micro):
 
 def test_generation_config_has_transformers_defaults(micro):
     config = npgpt.GenerationConfig()
-    assert config.max_length == 20 and config.top_k == 50 and config.do_sample is False
+    assert config.max_length is None and config.top_k == 50 and config.do_sample is False
     ids = [15496, 11, 314, 716]
-    assert list(micro.generate(ids, generation_config=config)) == list(micro.generate(ids, max_new_tokens=16))
+    assert list(micro.generate(ids, generation_config=config)) == list(micro.generate(ids, max_new_tokens=20))
+    at_20 = npgpt.GenerationConfig(max_length=20)  # counts the prompt
+    assert list(micro.generate(ids, generation_config=at_20)) == list(micro.generate(ids, max_new_tokens=16))
     sampled = npgpt.GenerationConfig(do_sample=True, max_new_tokens=5)
     probs_rules = npgpt.settings.Settings.parse(micro, sampled.settings({})).sampler.rules(4)
     assert [repr(r) for r in probs_rules] == ["TopK(k=50)"]  # transformers' top_k=50 when sampling

@@ -13,6 +13,10 @@
 Each experiment has one name everywhere: study.NAME computes it, views.NAME shows it in a terminal,
 plots.NAME draws it, and `npgpt NAME` runs all three. Bad arguments are SettingsErrors naming the argument;
 decoding settings go through Settings.parse, the one path generate() takes too.
+
+What they return shows itself: a short repr (shapes, never whole arrays), str() the terminal view, and in
+Jupyter an HTML table or tree (_repr_html_). trace, compare and score take progress=True for a progress bar on
+stderr (None: when stderr is a terminal); trace_steps yields a trace's steps as they are made.
 """
 
 from __future__ import annotations
@@ -26,10 +30,11 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import ops
+from . import display, ops, views
 from .config import PRESETS, GPT2Config
 from .errors import ContextLengthError, InputError, SettingsError
 from .model import GPT2
+from .progress import Progress, wanted
 from .prompts import prompt_ids
 from .sampling import apply, probabilities, row_generators
 from .settings import Settings
@@ -108,7 +113,37 @@ def _candidates(model, probs: np.ndarray, logits: np.ndarray, k: int) -> list[Ca
     return [Candidate(model.tokenizer.token_text(int(i)), int(i), float(probs[i]), float(logits[i])) for i in order]
 
 
-def topk(model, prompt, k: int = 10, **settings) -> list[Candidate]:
+def _short(prompt, most: int = 40) -> str:
+    """A prompt's repr, cut to `most` characters."""
+    text = repr(prompt)
+    return text if len(text) <= most else text[:most - 3] + "..."
+
+
+class Candidates(list):
+    """study.topk's result: a list of Candidate, most likely first. str() is the terminal table; in Jupyter an
+    HTML table with probability bars. prompt and settings: what the distribution is of."""
+
+    def __init__(self, candidates=(), prompt=None, settings: dict | None = None):
+        super().__init__(candidates)
+        self.prompt, self.settings = prompt, dict(settings or {})
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{c.token!r} {c.probability:.2%}" for c in self[:3])
+        return f"Candidates({len(self)} after {_short(self.prompt)}: {shown}{', ...' if len(self) > 3 else ''})"
+
+    def __str__(self) -> str:
+        return views.topk(self, self.prompt, self.settings)
+
+    def _repr_html_(self) -> str:
+        shown, note = display.limit(self)
+        top = max((c.probability for c in shown), default=0.0) or 1.0
+        rows = [[rank, display.token(c.token), c.id, f"{c.probability:.4%}", display.bar(c.probability / top),
+                 f"{c.logit:.3f}"] for rank, c in enumerate(shown, 1)]
+        return display.table(["#", "token", "id", "probability", "", "logit"], rows, align="rlrrll",
+                             caption=views.topk_title(self.prompt, self.settings), note=note)
+
+
+def topk(model, prompt, k: int = 10, **settings) -> Candidates:
     """The k most likely tokens to follow `prompt`, most likely first, with the probabilities generation would
     draw them with under the decoding `settings` (e.g. logit_bias={"gonna": -5.0}, temperature=0.7).
     A seed is accepted and changes nothing: the distribution does not depend on it."""
@@ -118,7 +153,7 @@ def topk(model, prompt, k: int = 10, **settings) -> list[Candidate]:
     ids = prompt_ids(model.tokenizer, prompt)
     logits = model.forward(ids, last_only=True).logits[0, -1]  # [V]
     _, probs = _processed(ids, logits, sampler)
-    return _candidates(model, probs, logits, k)
+    return Candidates(_candidates(model, probs, logits, k), prompt, settings)
 
 
 # --------------------------------------------------------------------------------------------------- trace
@@ -133,24 +168,55 @@ class TraceStep:
     text: str  # the prompt and everything generated up to and including this step
 
 
-def trace(model, prompt, steps: int = 10, alternatives: int = 3, **settings) -> list[TraceStep]:
-    """Generate step by step as notebook 000 does: run the model over the whole sequence, take the last
-    position's distribution, choose (greedily unless sampling settings are given; seed as generate's), append,
-    repeat; stops early at <|endoftext|>. No cache, so each step's logits are one position longer than the
-    last."""
+class Trace(list):
+    """study.trace's result: a list of TraceStep. str() is the terminal view; in Jupyter an HTML table, a row
+    per step. prompt and settings: what was generated from, and how."""
+
+    def __init__(self, steps=(), prompt=None, settings: dict | None = None):
+        super().__init__(steps)
+        self.prompt, self.settings = prompt, dict(settings or {})
+
+    def __repr__(self) -> str:
+        chosen = ", ".join(repr(s.chosen.token) for s in self[:8])
+        return f"Trace({len(self)} steps from {_short(self.prompt)}: {chosen}{', ...' if len(self) > 8 else ''})"
+
+    def __str__(self) -> str:
+        return views.trace(self, self.prompt, self.settings)
+
+    def _repr_html_(self) -> str:
+        shown, note = display.limit(self)
+        rows = [[s.step, f"[{', '.join(map(str, s.logits_shape))}]", display.token(s.chosen.token),
+                 f"{s.chosen.probability:.1%}", display.bar(s.chosen.probability, 60),
+                 display.Html(", ".join(f"{display.token(c.token)} {c.probability:.1%}" for c in s.runners_up)),
+                 _tail(s.text)] for s in shown]
+        return display.table(["step", "logits", "chosen", "p", "", "runners-up", "text so far"], rows,
+                             align="rllrlll", caption=f"Prompt: {self.prompt!r}{views.describe(self.settings)}",
+                             note=note)
+
+
+def _tail(text: str, most: int = 60) -> str:
+    return text if len(text) <= most else "..." + text[-most:]
+
+
+def trace_steps(model, prompt, steps: int = 10, alternatives: int = 3, **settings):
+    """trace's steps one by one, each as soon as it is made (an iterator of TraceStep); the arguments are
+    checked at once, before the first step."""
     _check_model(model)
     steps, alternatives = _integer("steps", steps, 0), _integer("alternatives", alternatives, 0)
-    parsed = _decoding(model, settings, "trace", own=("prompt", "steps", "alternatives"))
-    sampler, rngs = parsed.sampler, row_generators(parsed.seed, 1)  # the very rules and draws generate() uses
-    tokenizer = model.tokenizer
-    ids = prompt_ids(tokenizer, prompt)
+    parsed = _decoding(model, settings, "trace", own=("prompt", "steps", "alternatives", "progress"))
+    ids = prompt_ids(model.tokenizer, prompt)
     if len(ids) > model.config.n_positions:
         raise ContextLengthError(f"the prompt is {len(ids)} tokens; the model's context is "
                                  f"{model.config.n_positions}; shorten it")
-    out = []
+    return _trace_steps(model, ids, steps, alternatives, parsed)
+
+
+def _trace_steps(model, ids: list[int], steps: int, alternatives: int, parsed: Settings):
+    sampler, rngs = parsed.sampler, row_generators(parsed.seed, 1)  # the very rules and draws generate() uses
+    tokenizer = model.tokenizer
     for step in range(1, steps + 1):
         if len(ids) >= model.config.n_positions:
-            break
+            return
         logits = model(ids)  # [T, V]: the whole sequence, one position longer each step
         processed, probs = _processed(ids, logits[-1], sampler)
         token = int(sampler.select(processed, rngs)[0])
@@ -159,9 +225,23 @@ def trace(model, prompt, steps: int = 10, alternatives: int = 3, **settings) -> 
         ids.append(token)
         text = tokenizer.decode([i for i in ids if i != tokenizer.eot_id])
         runners_up = [c for c in ranked if c.id != token][:alternatives]
-        out.append(TraceStep(step, (1,) + logits.shape, chosen, runners_up, text))
+        yield TraceStep(step, (1,) + logits.shape, chosen, runners_up, text)
         if token == tokenizer.eot_id:
-            break
+            return
+
+
+def trace(model, prompt, steps: int = 10, alternatives: int = 3, progress: bool | None = False,
+          **settings) -> Trace:
+    """Generate step by step as notebook 000 does: run the model over the whole sequence, take the last
+    position's distribution, choose (greedily unless sampling settings are given; seed as generate's), append,
+    repeat; stops early at <|endoftext|>. No cache, so each step's logits are one position longer than the
+    last. progress=True: a progress bar on stderr (None: when stderr is a terminal)."""
+    made = trace_steps(model, prompt, steps, alternatives, **settings)
+    out = Trace(prompt=prompt, settings=settings)
+    with Progress("trace", steps, wanted(progress), unit="steps", transient=True) as bar:
+        for step in made:
+            out.append(step)
+            bar.update(1)
     return out
 
 
@@ -171,6 +251,24 @@ def trace(model, prompt, steps: int = 10, alternatives: int = 3, **settings) -> 
 class Attention(NamedTuple):
     tokens: list[str]  # the prompt's tokens
     probs: np.ndarray  # [T, T]: row i is how query i spreads its attention over keys 0..i
+
+    def __repr__(self) -> str:
+        return f"Attention(tokens={_tokens(self.tokens)}, probs={display.shape(self.probs)})"
+
+    def _repr_html_(self) -> str:
+        """A heat map: row i is query token i, its cells the attention it gives keys 0..i."""
+        shown, note = display.limit(self.tokens, views.MAX_COLUMNS)
+        n = len(shown)
+        rows = [[display.token(t)] + [display.shaded(f"{p:.2f}", p) if j <= i else "" for j, p in
+                                      enumerate(self.probs[i, :n])] for i, t in enumerate(shown)]
+        return display.table([""] + list(range(n)), rows, align="l" + "r" * n, note=note and f"{note} tokens",
+                             caption="attention probabilities (rows: queries, columns: keys)")
+
+
+def _tokens(tokens: list[str], most: int = 4) -> str:
+    """'7 ['What', ' is', ...]': how many tokens, and the first few."""
+    shown = ", ".join(repr(t) for t in tokens[:most])
+    return f"{len(tokens)} [{shown}{', ...' if len(tokens) > most else ''}]"
 
 
 def attention(model, prompt, layer: int = 0, head: int = 0) -> Attention:
@@ -200,6 +298,31 @@ class Part:
     params: int = 0  # parameters of this part and everything under it
     children: list["Part"] = field(default_factory=list)
     note: str = ""  # how the part is used, beyond its shapes
+
+    def __repr__(self) -> str:  # the tree is str(part); a repr names the part only
+        return (f"Part({self.name!r}, {self.detail!r}, params={self.params:,}, "
+                f"children={[c.name for c in self.children]})")
+
+    def __str__(self) -> str:
+        return views.inspect(self)
+
+    def _repr_html_(self) -> str:
+        """The tree as nested lists, each part with its shapes and parameter count; the parts under the top
+        one fold (click to open)."""
+        return f'<div class="npgpt" style="font-family:monospace">{_part_html(self, top=True)}</div>'
+
+
+def _part_html(part: Part, top: bool = False) -> str:
+    count = f' <span style="color:{display.BLUE}">{part.params:,}</span>' if part.params or not part.children else ""
+    line = f"<b>{display.escape(part.name)}</b> {display.escape(part.detail)}{count}"
+    if part.note:
+        line += f' <span style="color:gray">({display.escape(part.note)})</span>'
+    if not part.children:
+        return line
+    items = "".join(f"<li>{_part_html(child)}</li>" for child in part.children)
+    listing = f'<ul style="list-style:none;margin:0;padding-left:1.5em">{items}</ul>'
+    total = f"<div>total {part.params:,} parameters</div>" if top else ""
+    return f"<details{' open' if top else ''}><summary>{line}</summary>{listing}</details>{total}"
 
 
 def _subject(subject) -> tuple[GPT2Config, dict | None]:
@@ -273,6 +396,17 @@ class TemperatureTable(NamedTuple):
     candidates: list[Candidate]  # the top tokens at temperature 1, most likely first
     table: dict[float, np.ndarray]  # temperature -> those tokens' probabilities at it
 
+    def __repr__(self) -> str:
+        tables = ", ".join(f"{t:g}: {display.shape(p)}" for t, p in self.table.items())
+        return f"TemperatureTable(candidates={_tokens([c.token for c in self.candidates])}, table={{{tables}}})"
+
+    def _repr_html_(self) -> str:
+        shown, note = display.limit(self.candidates)
+        rows = [[display.token(c.token)] + [display.Html(f"{p[i]:.2%} {display.bar(p[i], 60)}")
+                                            for p in self.table.values()] for i, c in enumerate(shown)]
+        return display.table(["token"] + [f"t={t:g}" for t in self.table], rows, note=note,
+                             caption="probability of the top tokens (ranked at temperature 1) at each temperature")
+
 
 def temperature(model, prompt, temperatures=(0.1, 0.7, 1.5), top: int = 20) -> TemperatureTable:
     """The `top` most likely next tokens (at temperature 1) and their probabilities at each temperature:
@@ -336,19 +470,27 @@ def _compare_rows(model, rows, max_new_tokens, seed) -> list[tuple[str, dict]]:
     return checked
 
 
-def compare(model, prompt, settings=None, max_new_tokens: int = 30, seed: int = 0) -> list[tuple[str, str]]:
+def compare(model, prompt, settings=None, max_new_tokens: int = 30, seed: int = 0,
+            progress: bool | None = False) -> list[tuple[str, str]]:
     """Continuations of one prompt under several decoding settings, each with the same seed:
     [(label, text)]. `settings` is a list of (label, {setting: value}), by default greedy, three
-    temperatures, three top-k and three top-p (notebook 004); a row may set its own max_new_tokens or seed."""
+    temperatures, three top-k and three top-p (notebook 004); a row may set its own max_new_tokens or seed.
+    progress=True: a progress bar on stderr, a row at a time (None: when stderr is a terminal)."""
     _check_model(model)
     prompt_ids(model.tokenizer, prompt)  # one prompt, checked before any row runs
     rows = _compare_rows(model, COMPARE_SETTINGS if settings is None else settings, max_new_tokens, seed)
-    return [(label, _text(model, model.generate(prompt, **row))) for label, row in rows]
+    out = []
+    with Progress("compare", len(rows), wanted(progress), unit="rows", transient=True) as bar:
+        for label, row in rows:
+            out.append((label, _text(model, model.generate(prompt, **row))))
+            bar.update(1)
+    return out
 
 
 def _text(model, completion) -> str:
-    """A continuation as text: generate() gives text for a text prompt and token ids for ids."""
-    return completion if isinstance(completion, str) else model.tokenizer.decode(list(completion))
+    """A continuation as plain text (not a Completion, whose repr says more than its text): generate() gives
+    text for a text prompt and token ids for ids."""
+    return str.__str__(completion) if isinstance(completion, str) else model.tokenizer.decode(list(completion))
 
 
 # --------------------------------------------------------------------------------------------------- score
@@ -368,13 +510,34 @@ class Score:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("inf")
 
+    def __repr__(self) -> str:  # the surprisal's shape, not its values
+        return (f"Score(perplexity={self.perplexity:.4f}, tokens={self.tokens}, mean_nll={self.mean_nll:.4f}, "
+                f"surprisal={display.shape(self.surprisal)}, window={self.window}, stride={self.stride}, "
+                f"seconds={self.seconds:.3f})")
 
-def score(model, text: str, window: int | None = None, stride: int | None = None) -> Score:
+    def __str__(self) -> str:
+        return views.score(self)
+
+    def _repr_html_(self) -> str:
+        most = int(np.argmax(self.surprisal)) if len(self.surprisal) else 0
+        rows = [["perplexity", f"{self.perplexity:.3f}"],
+                ["tokens scored", f"{self.tokens:,}"],
+                ["mean -log p", f"{self.mean_nll:.4f} nats"],
+                ["surprisal", f"{display.shape(self.surprisal)}, the largest {self.surprisal.max():.2f} nats "
+                              f"(scored token {most})" if len(self.surprisal) else display.shape(self.surprisal)],
+                ["window, stride", f"{self.window}, {self.stride}"],
+                ["speed", f"{self.tokens_per_second:,.0f} tokens/s ({self.seconds:.3f} s)"]]
+        return display.table(None, rows, caption="perplexity", align="lr")
+
+
+def score(model, text: str, window: int | None = None, stride: int | None = None,
+          progress: bool | None = False) -> Score:
     """The perplexity exp(mean -log p(token | what precedes it)) of a text, with a sliding window: each window
     of up to `window` tokens (default: the context) starts `stride` tokens (default: half a window) after the
     last, and scores only the tokens the previous window did not, so every token after the first is scored
     once, with at least window - stride tokens of context before it (all of them when the text fits in one
-    window). This is Hugging Face's standard evaluation."""
+    window). This is Hugging Face's standard evaluation. progress=True: a progress bar on stderr (None: when
+    stderr is a terminal)."""
     _check_model(model)
     if not isinstance(text, str):
         raise InputError(f"score takes text (str), got {type(text).__name__}")
@@ -388,7 +551,14 @@ def score(model, text: str, window: int | None = None, stride: int | None = None
     if len(ids) < 2:
         raise SettingsError("perplexity needs a text of at least two tokens")
     start_time = time.perf_counter()
-    surprisal = []
+    with Progress("score", len(ids) - 1, wanted(progress), unit="tokens", transient=True) as bar:
+        surprisal = np.concatenate(list(_surprisal(model, ids, window, stride, bar))).astype(np.float64)
+    mean = float(surprisal.mean())
+    return Score(math.exp(mean), len(surprisal), mean, surprisal, window, stride, time.perf_counter() - start_time)
+
+
+def _surprisal(model, ids: list[int], window: int, stride: int, bar: Progress):
+    """Each window's -log p of the tokens it scores, window after window."""
     scored_to = 1  # the first token is never scored
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))
@@ -398,13 +568,11 @@ def score(model, text: str, window: int | None = None, stride: int | None = None
         for rows in _batches(range(first - begin - 1, end - begin - 1), 128):
             logits = hidden[rows] @ model.lm_head.T  # [n, V], 128 rows at a time to bound memory
             targets = np.array(chunk)[np.array(rows) + 1]
-            surprisal.append(-ops.log_softmax(logits)[np.arange(len(rows)), targets])
+            yield -ops.log_softmax(logits)[np.arange(len(rows)), targets]
+        bar.update(end - first)
         scored_to = end
         if end == len(ids):
-            break
-    surprisal = np.concatenate(surprisal).astype(np.float64)
-    mean = float(surprisal.mean())
-    return Score(math.exp(mean), len(surprisal), mean, surprisal, window, stride, time.perf_counter() - start_time)
+            return
 
 
 def _batches(indices: range, size: int):
@@ -420,6 +588,22 @@ class Hidden(NamedTuple):
     tokens: list[str]
     ids: list[int]
     states: np.ndarray  # [n_layer + 1, T, C]
+
+    def __repr__(self) -> str:
+        return (f"Hidden(tokens={_tokens(self.tokens)}, ids={_tokens(self.ids)}, "
+                f"states={display.shape(self.states)})")
+
+    def _repr_html_(self) -> str:
+        """Each token's hidden-state length after each layer, shaded (the residual stream grows)."""
+        shown, note = display.limit(self.tokens, views.MAX_COLUMNS)
+        norms = np.linalg.norm(self.states[:, :len(shown)], axis=-1)  # [L + 1, T]
+        top = float(norms.max()) if norms.size else 1.0
+        rows = [["embeddings" if layer == 0 else f"layer {layer}"] + [display.shaded(f"{v:.2f}", v / top)
+                                                                      for v in row]
+                for layer, row in enumerate(norms)]
+        return display.table([""] + [display.token(t) for t in shown], rows, align="l" + "r" * len(shown),
+                             note=note and f"{note} tokens", caption=f"hidden states {display.shape(self.states)}: "
+                                                                     "each vector's length (the last after ln_f)")
 
 
 def hidden(model, prompt) -> Hidden:

@@ -1,12 +1,15 @@
 """Plain-text views of the study experiments for a terminal: tables, bars, shaded matrices, trees.
 
-views.NAME(result, ...) shows what study.NAME returned (the figure is plots.NAME(result, path, ...)).
+views.NAME(result, ...) shows what study.NAME returned (the figure is plots.NAME(result, ...)). A view
+shows at most MAX_ROWS rows and MAX_COLUMNS columns (what a terminal shows), and says what it left out.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+MAX_ROWS = 100  # candidates, tokens of a table
+MAX_COLUMNS = 64  # tokens of a matrix (attention, mask, hidden)
 SHADES = " ░▒▓█"  # attention 0, then up to 0.25, 0.5, 0.75, 1
 EIGHTHS = " ▏▎▍▌▋▊▉"
 
@@ -23,6 +26,13 @@ def token(text: str) -> str:
     return repr(text)
 
 
+def left_out(shown: int, total: int, what: str) -> list[str]:
+    """The note under a view that shows `shown` of `total` (none when it shows them all)."""
+    if shown >= total:
+        return []
+    return [f"(showing the first {shown:,} of {total:,} {what}: a view shows at most that many)"]
+
+
 def describe(settings: dict | None, leave_out: tuple[str, ...] = ()) -> str:
     """The settings that were given, as ' (name=value, ...)': those at zero or empty are off and not shown."""
     given = ", ".join(f"{k}={v}" for k, v in (settings or {}).items() if v and k not in leave_out)
@@ -35,30 +45,42 @@ def topk_title(prompt, settings: dict | None = None) -> str:
 
 
 def topk(cands, prompt, settings: dict | None = None) -> str:
-    """The candidates ranked, with their probabilities as numbers and bars."""
+    """The candidates ranked, with their probabilities as numbers and bars (the first MAX_ROWS of them)."""
+    total, cands = len(cands), cands[:MAX_ROWS]
     width = max(len(token(c.token)) for c in cands)
     top = max(c.probability for c in cands) or 1.0
     lines = [topk_title(prompt, settings), f"{'#':>3}  {'token':<{width}}  {'id':>6}  {'probability':>11}"]
     for rank, c in enumerate(cands, 1):
         lines.append(f"{rank:>3}  {token(c.token):<{width}}  {c.id:>6}  {c.probability:>11.4%}  "
                      f"{bar(c.probability / top)}")
-    return "\n".join(lines)
+    return "\n".join(lines + left_out(len(cands), total, "candidates"))
 
 
 def trace(steps, prompt, settings: dict | None = None) -> str:
-    lines = [f"Prompt: {prompt!r}{describe(settings)}", ""]
-    for s in steps:
-        others = ", ".join(f"{token(c.token)} {c.probability:.1%}" for c in s.runners_up)
-        lines.append(f"Step {s.step}: {s.text!r}")
-        lines.append(f"    logits {list(s.logits_shape)}  chose {token(s.chosen.token)} (id {s.chosen.id}, "
-                     f"p={s.chosen.probability:.1%})  runners-up: {others}")
-    return "\n".join(lines)
+    return "\n".join([trace_header(prompt, settings)] + [trace_step(s) for s in steps])
+
+
+def trace_header(prompt, settings: dict | None = None) -> str:
+    """What trace shows before its steps (the CLI prints it, then each step as it is made)."""
+    return f"Prompt: {prompt!r}{describe(settings)}\n"
+
+
+def trace_step(s) -> str:
+    """One step of a trace: the text so far, then the logits' shape, the choice and its runners-up."""
+    shown = s.runners_up[:MAX_ROWS]
+    others = ", ".join(f"{token(c.token)} {c.probability:.1%}" for c in shown)
+    if len(shown) < len(s.runners_up):
+        others += f", ... ({len(s.runners_up) - len(shown):,} more)"
+    return (f"Step {s.step}: {s.text!r}\n"
+            f"    logits {list(s.logits_shape)}  chose {token(s.chosen.token)} (id {s.chosen.id}, "
+            f"p={s.chosen.probability:.1%})  runners-up: {others}")
 
 
 def attention(result, layer: int, head: int, values: bool = False) -> str:
     """Row i: how query token i spreads its attention over tokens 0..i (blank above the diagonal: 0), in
     shades, or as numbers with values=True. result: study.attention's (tokens, probs)."""
     tokens, probs = result
+    total, tokens = len(tokens), tokens[:MAX_COLUMNS]
     labels = [f"{i:>2} {token(t)[:14]:<14}" for i, t in enumerate(tokens)]
     lines = [f"attention probabilities, layer {layer}, head {head} (rows: queries, columns: keys; each row sums to 1)"]
     header = " " * 18 + "".join(f"{j:>6}" if values else f"{j % 100:>2}" for j in range(len(tokens)))
@@ -71,7 +93,7 @@ def attention(result, layer: int, head: int, values: bool = False) -> str:
         lines.append(f"{label} {cells}")
     if not values:
         lines.append("shades: ' ' 0  '░' < 0.25  '▒' < 0.5  '▓' < 0.75  '█' >= 0.75   (--values for numbers)")
-    return "\n".join(lines)
+    return "\n".join(lines + left_out(len(tokens), total, "tokens"))
 
 
 def _shade(p: float) -> str:
@@ -81,12 +103,13 @@ def _shade(p: float) -> str:
 
 
 def mask(m: np.ndarray) -> str:
-    n = len(m)
+    """The mask's cells, 0 or -inf (its first MAX_COLUMNS rows and columns: the rest repeat the pattern)."""
+    n = min(len(m), MAX_COLUMNS)
     lines = ["causal mask: added to the attention scores before the softmax (rows: queries, columns: keys)",
              "     " + "".join(f"{j:>6}" for j in range(n))]
     for i in range(n):
-        lines.append(f"{i:>4} " + "".join(f"{'0' if v == 0 else '-inf':>6}" for v in m[i]))
-    return "\n".join(lines)
+        lines.append(f"{i:>4} " + "".join(f"{'0' if v == 0 else '-inf':>6}" for v in m[i, :n]))
+    return "\n".join(lines + left_out(n, len(m), "rows and columns"))
 
 
 def inspect(part) -> str:
@@ -120,6 +143,7 @@ def inspect(part) -> str:
 def temperature(result, prompt) -> str:
     """result: study.temperature's (candidates, {temperature: their probabilities})."""
     base, table = result
+    total, base = len(base), base[:MAX_ROWS]
     width = max(len(token(c.token)) for c in base)
     lines = [f"after {prompt!r}",
              "probability of the top tokens (ranked at temperature 1) after dividing the logits by t",
@@ -127,7 +151,7 @@ def temperature(result, prompt) -> str:
     for i, c in enumerate(base):
         cells = "".join(f"  {p[i]:7.2%} {bar(p[i], 11):<11}" for p in table.values())
         lines.append(f"{token(c.token):<{width}}{cells}")
-    return "\n".join(lines)
+    return "\n".join(lines + left_out(len(base), total, "tokens"))
 
 
 def compare(rows, prompt) -> str:
@@ -148,11 +172,12 @@ def hidden(result) -> str:
     """Per layer, the length of each token's hidden-state vector (the residual stream grows layer by layer).
     result: study.hidden's (tokens, ids, states)."""
     tokens, _, states = result
-    norms = np.linalg.norm(states, axis=-1)  # [L + 1, T]
+    total, tokens = len(tokens), tokens[:MAX_COLUMNS]
+    norms = np.linalg.norm(states[:, :MAX_COLUMNS], axis=-1)  # [L + 1, T]
     lines = [f"hidden states [{states.shape[0]} = embeddings + {states.shape[0] - 1} layers, {states.shape[1]} tokens, "
              f"{states.shape[2]} wide]; the table shows each vector's length (the last is after ln_f)",
              f"{'':>12}" + "".join(f"{token(t)[:9]:>10}" for t in tokens)]
     for layer, row in enumerate(norms):
         name = "embeddings" if layer == 0 else f"layer {layer}"
         lines.append(f"{name:>12}" + "".join(f"{v:>10.2f}" for v in row))
-    return "\n".join(lines)
+    return "\n".join(lines + left_out(len(tokens), total, "tokens"))

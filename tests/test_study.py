@@ -148,6 +148,7 @@ def test_compare_rows_are_generate_with_those_settings(tiny):
     for (label, text), (_, settings) in zip(rows, study.COMPARE_SETTINGS):
         assert text == model.generate("Hello", max_new_tokens=6, seed=2, **settings), label
     assert rows[0][1] == rows[4][1]  # top_k=1 is greedy
+    assert all(type(text) is str for _, text in rows)  # plain text: shown as text, not as a Completion's repr
 
 
 # ----------------------------------------------------------------------------------------------- perplexity
@@ -413,3 +414,113 @@ def test_without_matplotlib_plot_says_how_to_install_it(tmp_path):
     assert r.stderr.strip() == ("npgpt: error: figures (--plot) need matplotlib, which is not installed: "
                                 "pip install 'npgpt[plot]'")
     assert not (tmp_path / "m.png").exists()
+
+
+# ------------------------------------------------------------------------------- steps as they come, progress
+
+
+def test_trace_steps_are_the_trace_one_by_one(micro):
+    steps = study.trace_steps(micro, "Hi", steps=4, temperature=1.0, seed=5)
+    assert not isinstance(steps, list)
+    first = next(steps)
+    assert [first, *steps] == study.trace(micro, "Hi", steps=4, temperature=1.0, seed=5)
+
+
+def test_trace_steps_checks_its_arguments_at_once(micro):
+    with pytest.raises(npgpt.SettingsError, match="steps must be >= 0"):
+        study.trace_steps(micro, "Hi", steps=-1)  # not only when the first step is asked for
+    with pytest.raises(npgpt.ContextLengthError):
+        study.trace_steps(micro, "a " * 40)
+
+
+@pytest.mark.parametrize("run, unit", [
+    (lambda m, p: study.trace(m, "Hi", steps=3, progress=p), "3 steps"),
+    (lambda m, p: study.compare(m, "Hi", settings=[("a", {}), ("b", {})], max_new_tokens=2, progress=p), "2 rows"),
+    (lambda m, p: study.score(m, TEXT, window=16, stride=8, progress=p).surprisal.tolist(), "/ 30 tokens"),
+], ids=["trace", "compare", "score"])
+def test_long_work_draws_a_progress_bar_when_asked(micro, capsys, run, unit):
+    quiet = run(micro, False)
+    assert capsys.readouterr().err == ""
+    assert run(micro, True) == quiet  # the same work
+    err = capsys.readouterr().err
+    assert err.startswith("\r") and unit in err and "/s" in err and err.endswith("\r\x1b[K")  # erased at the end
+
+
+def test_progress_none_follows_the_terminal_and_the_environment(micro, capsys, monkeypatch):
+    monkeypatch.delenv("NPGPT_PROGRESS", raising=False)
+    study.trace(micro, "Hi", steps=2, progress=None)
+    assert capsys.readouterr().err == ""  # captured stderr is no terminal
+    monkeypatch.setenv("NPGPT_PROGRESS", "1")
+    study.trace(micro, "Hi", steps=2, progress=None)
+    assert "2 steps" in capsys.readouterr().err
+
+
+def test_views_cap_what_a_terminal_cannot_show(micro):
+    text = views.mask(study.mask(1000))
+    lines = text.splitlines()
+    assert len(lines) == 2 + views.MAX_COLUMNS + 1 and len(max(lines, key=len)) < 500
+    assert lines[-1] == "(showing the first 64 of 1,000 rows and columns: a view shows at most that many)"
+    text = views.topk(study.topk(micro, "Hi", k=100_000), "Hi")
+    assert len(text.splitlines()) == 2 + views.MAX_ROWS + 1 and "of 50,257 candidates" in text
+    long_prompt = list(range(30))
+    assert "(showing the first 30" not in views.attention(study.attention(micro, long_prompt), 0, 0)
+
+
+# --------------------------------------------------------------------------------------------------- figures
+
+
+FIGURES = {  # each plots function, given what its study function returns
+    "topk": lambda m: [study.topk(m, "Hi", k=5)],
+    "trace": lambda m: [study.trace(m, "Hi", steps=3)],
+    "attention": lambda m: [study.attention(m, "Hi there"), None, 0, 1, True],
+    "mask": lambda m: [study.mask(5)],
+    "inspect": lambda m: [study.inspect(m)],
+    "temperature": lambda m: [study.temperature(m, "Hi", top=4), None, "Hi"],
+    "compare": lambda m: [study.compare(m, "Hi", settings=[("greedy", {})], max_new_tokens=3), None, "Hi"],
+    "score": lambda m: [study.score(m, TEXT, window=16, stride=8)],
+    "hidden": lambda m: [study.hidden(m, "Hi there")],
+}
+
+
+@pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")
+def test_figures_leave_matplotlib_as_they_found_it(micro, tmp_path):
+    """Every plots function returns a Figure, and neither switches the backend, nor changes the style, nor
+    leaves a figure in pyplot (which would then show up at the user's next plt.show())."""
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from npgpt import plots
+
+    assert set(FIGURES) == {name for name in dir(study) if hasattr(plots, name) and hasattr(views, name)
+                            and callable(getattr(plots, name)) and name != "save"}
+    backend, style = matplotlib.get_backend(), dict(matplotlib.rcParams)
+    for name, args in FIGURES.items():
+        fig = getattr(plots, name)(*args(micro))
+        assert isinstance(fig, Figure), name
+        assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"  # shows itself in Jupyter, pyplot or not
+        assert matplotlib.get_backend() == backend and dict(matplotlib.rcParams) == style, name
+    pyplot = __import__("sys").modules.get("matplotlib.pyplot")
+    assert pyplot is None or pyplot.get_fignums() == []
+
+
+@pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")
+def test_a_figure_given_a_path_is_written_there(micro, tmp_path):
+    from npgpt import plots
+
+    cands = study.topk(micro, "Hi", k=3)
+    fig = plots.topk(cands, tmp_path / "c.svg")
+    assert (tmp_path / "c.svg").read_text().lstrip().startswith("<?xml") and fig.axes[0].get_title() == \
+        "next token after 'Hi'"  # the prompt, kept with the candidates
+    assert plots.save(fig, tmp_path / "plain") == str(tmp_path / "plain.png")  # no format named: a png
+    assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(npgpt.NpgptError, match="name a png, svg"):
+        plots.save(fig, tmp_path / "c.bmpx")
+
+
+@pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")
+def test_large_figures_stay_a_readable_size(micro):
+    from npgpt import plots
+
+    for fig in (plots.topk(study.topk(micro, "Hi", k=5000)), plots.mask(study.mask(1024))):
+        assert max(fig.get_size_inches()) <= plots.MAX_INCHES
+    assert len(plots.topk(study.topk(micro, "Hi", k=5000)).axes[0].patches) == plots.MAX_BARS

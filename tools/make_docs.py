@@ -60,15 +60,16 @@ def main() -> None:
             "inspect": ["inspect", "gpt2"],
             "temperature": ["temperature", "The future of artificial intelligence is", "--t", "0.1", "0.7", "1.5"],
             "compare": ["compare", "The future of artificial intelligence will involve", "--max-new-tokens", "20"],
-            "score": ["score", text, "--window", "32", "--stride", "16"],
+            "score": ["score", "text.txt", "--window", "32", "--stride", "16"],  # named so in the title
             "hidden": ["hidden", "What is the capital of France?"],
         }
-        env = {**os.environ, "HF_HUB_CACHE": os.path.join(tmp, "empty-cache")}  # inspect: the preset's tree
+        env = {**os.environ, "HF_HUB_CACHE": os.path.join(tmp, "empty-cache"),  # inspect: the preset's tree
+               "PYTHONPATH": ROOT}
         for name, args in runs.items():
             model_args = [] if name in ("mask", "inspect") else ["--model", model]
             png = os.path.join(DOCS, f"{name}.png")
             subprocess.run([sys.executable, "-m", "npgpt", *args, *model_args, "--plot", png], check=True, env=env,
-                           stdout=subprocess.DEVNULL)
+                           cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             print(f"docs/{name}.png")
 
 

@@ -1,4 +1,6 @@
-"""The `npgpt` command line. Bad input ends with one line on stderr and a non-zero exit, never a traceback."""
+"""The `npgpt` command line. Bad input ends with one line on stderr and a non-zero exit, never a traceback.
+Long work (compare, score, trace, generate of more than GENERATE_BAR tokens) draws a progress bar on stderr when
+stderr is a terminal (NPGPT_PROGRESS=1 or 0 forces it on or off; --quiet leaves it out)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,9 @@ import numpy as np
 from . import __version__, hub, load, plots, study, views
 from .config import PRESETS
 from .errors import InputError, NpgptError
+from .progress import Progress, wanted
+
+GENERATE_BAR = 100  # generate draws a progress bar for more new tokens than this
 
 
 class Parser(argparse.ArgumentParser):
@@ -67,7 +72,12 @@ def add_model_arguments(parser, positional: bool = False, default: str | None = 
     else:
         parser.add_argument("--model", "-m", default=default, help=help)
     parser.add_argument("--revision", help="hub branch, tag or commit (default: main)")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no download progress bar")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars (downloads, long work)")
+
+
+def progress_setting(args) -> bool | None:
+    """A study function's progress=: None (a bar when stderr is a terminal), False with --quiet."""
+    return False if getattr(args, "quiet", False) else None
 
 
 def load_model(args):
@@ -168,13 +178,15 @@ class Experiment:
     help: str
     study: Callable  # study.NAME(model, **inputs, **decoding settings) -> result
     view: Callable  # views.NAME(result, **about) -> text
-    figure: Callable  # plots.NAME(result, path, **about) -> path
+    figure: Callable  # plots.NAME(result, **about) -> a matplotlib Figure
     add_arguments: Callable  # (parser): the command's own arguments
     inputs: Callable  # (args) -> the study function's keyword arguments from the command line
     about: Callable = lambda args: {}  # (args) -> what the view and the figure show besides the result
     model: Callable = load_model  # (args) -> the study function's first argument: by default the --model
     decoding: bool = False  # takes the decoding flags: they go to the study function, the view shows them
     save: Callable | None = None  # (result, args): a file the command writes besides the figure
+    progress: bool = False  # long work: the study function takes progress= (a bar on stderr on a terminal)
+    stream: Callable | None = None  # (model, inputs, about) -> result, printing the view as the work goes
 
 
 def add_experiment(commands, e: Experiment) -> None:
@@ -196,13 +208,34 @@ def run_experiment(e: Experiment, args) -> int:
         settings = decoding_settings(args, model.tokenizer)
         inputs.update(settings)
         about["settings"] = settings
-    result = e.study(*([] if model is None else [model]), **inputs)
-    if e.save:  # before the view: a file that cannot be written leaves only the error
-        e.save(result, args)
-    print(e.view(result, **about))
+    if e.progress:
+        inputs["progress"] = progress_setting(args)
+    if e.stream:
+        result = e.stream(model, inputs, about)
+    else:
+        result = e.study(*([] if model is None else [model]), **inputs)
+        if e.save:  # before the view: a file that cannot be written leaves only the error
+            e.save(result, args)
+        print(e.view(result, **about))
     if args.plot:
-        print(f"wrote {e.figure(result, args.plot, **about)}", file=sys.stderr)
+        print(f"wrote {plots.save(e.figure(result, **about), args.plot)}", file=sys.stderr)
     return 0
+
+
+def stream_trace(model, inputs: dict, about: dict) -> study.Trace:
+    """trace, each step printed as soon as it is made; on a terminal a progress bar under the steps."""
+    enabled = wanted(inputs.pop("progress"))
+    steps = study.trace_steps(model, **inputs)  # checks the arguments before anything is printed
+    print(views.trace_header(**about), flush=True)
+    result = study.Trace(prompt=inputs["prompt"], settings=about.get("settings"))
+    with Progress("trace", inputs["steps"], enabled, unit="steps", transient=True) as bar:
+        bar.update(0)
+        for step in steps:
+            bar.clear()
+            print(views.trace_step(step), flush=True)
+            result.append(step)
+            bar.update(1)
+    return result
 
 
 def prompt_argument(parser):
@@ -211,7 +244,7 @@ def prompt_argument(parser):
 
 def topk_arguments(c):
     prompt_argument(c)
-    c.add_argument("-k", type=int, default=10, help="how many candidates (10)")
+    c.add_argument("-k", type=int, default=10, help=f"how many candidates (10; at most {views.MAX_ROWS} are shown)")
 
 
 def trace_arguments(c):
@@ -228,7 +261,7 @@ def attention_arguments(c):
 
 
 def mask_arguments(c):
-    c.add_argument("n", type=int, help="sequence length")
+    c.add_argument("n", type=int, help=f"sequence length (a view shows at most {views.MAX_COLUMNS})")
 
 
 def inspect_arguments(c):
@@ -314,7 +347,7 @@ EXPERIMENTS = [
     Experiment("trace", "generate step by step: the text, the choice, its runners-up",
                study.trace, views.trace, plots.trace, trace_arguments,
                inputs=lambda a: dict(prompt=a.prompt, steps=a.steps, alternatives=a.alternatives),
-               about=lambda a: dict(prompt=a.prompt), decoding=True),
+               about=lambda a: dict(prompt=a.prompt), decoding=True, progress=True, stream=stream_trace),
     Experiment("attention", "one attention head's probabilities over the prompt's tokens",
                study.attention, views.attention, plots.attention, attention_arguments,
                inputs=lambda a: dict(prompt=a.prompt, layer=a.layer, head=a.head),
@@ -332,11 +365,11 @@ EXPERIMENTS = [
     Experiment("compare", "greedy, temperature, top-k and top-p continuations side by side",
                study.compare, views.compare, plots.compare, compare_arguments,
                inputs=lambda a: dict(prompt=a.prompt, max_new_tokens=a.max_new_tokens, seed=a.seed),
-               about=lambda a: dict(prompt=a.prompt)),
+               about=lambda a: dict(prompt=a.prompt), progress=True),
     Experiment("score", "perplexity of a text file, with a sliding window",
                study.score, views.score, plots.score, score_arguments,
                inputs=lambda a: dict(text=read_text(a.file), window=a.window, stride=a.stride),
-               about=lambda a: dict(source=a.file)),
+               about=lambda a: dict(source=a.file), progress=True),
     Experiment("hidden", "the hidden states of every layer",
                study.hidden, views.hidden, plots.hidden, hidden_arguments,
                inputs=lambda a: dict(prompt=a.prompt), save=save_hidden),
@@ -371,7 +404,7 @@ def run_generate(args) -> int:
     settings = generation_settings(args, model.tokenizer)
     out = sys.stdout
     if len(args.prompt) == 1 and args.n == 1 and args.num_beams == 1:
-        stream_one(model, args.prompt[0], settings, echo=not args.no_echo)
+        stream_one(model, args.prompt[0], settings, echo=not args.no_echo, progress=progress_setting(args))
         return 0
     results = model.generate(list(args.prompt), **settings)
     for prompt, result in zip(args.prompt, results):
@@ -384,20 +417,31 @@ def run_generate(args) -> int:
     return 0
 
 
-def stream_one(model, prompt: str, settings: dict, echo: bool) -> None:
+def stream_one(model, prompt: str, settings: dict, echo: bool, progress: bool | None = None) -> None:
+    """Print the prompt and its continuation as it is made. Generating more than GENERATE_BAR tokens with
+    stderr on a terminal: a progress bar (tokens, tokens/s) when the text goes elsewhere (a file, a pipe), and a
+    line with the speed at the end when the text itself is on the terminal."""
     steps = model.stream_steps(prompt, **settings)  # checks the settings before anything is printed
     out = sys.stdout
+    long = settings["max_new_tokens"] > GENERATE_BAR and wanted(progress)
+    on_screen = out.isatty()
     if echo:
         out.write(prompt)
         out.flush()
     reason, logprobs = None, []
-    for step in steps:
-        out.write(step.text)
-        out.flush()
-        reason = step.finish_reason
-        if step.logprob is not None and step.finish_reason != "eos":
-            logprobs.append(step.logprob)
+    with Progress("generate", settings["max_new_tokens"], long and not on_screen, unit="tokens",
+                  transient=True) as bar:
+        for step in steps:
+            out.write(step.text)
+            out.flush()
+            bar.update(1)
+            reason = step.finish_reason
+            if step.logprob is not None and step.finish_reason != "eos":
+                logprobs.append(step.logprob)
     out.write("\n")
+    if long and on_screen:
+        out.flush()
+        print(f"npgpt: {bar.done:,} tokens, {bar.rate():,.1f} tokens/s", file=sys.stderr)
     if logprobs:
         print_logprobs(logprobs)
     out.flush()

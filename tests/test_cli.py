@@ -302,3 +302,96 @@ def test_a_closed_pipe_ends_quietly_and_an_interrupt_exits_130():
     assert r.returncode == 0 and r.stderr == ""
     r = run_main_with("raise KeyboardInterrupt()")
     assert r.returncode == 130 and "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------------ progress bars, streaming, caps
+
+
+@pytest.fixture
+def long_context_dir(tmp_path):
+    """A micro GPT-2 with room for more than 100 new tokens."""
+    import npgpt as api
+
+    path = tmp_path / "long"
+    api.GPT2.random(api.GPT2Config(n_layer=1, n_head=1, n_embd=8, n_positions=256), seed=0).save(path)
+    return str(path)
+
+
+def long_work(model_dir, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("one two three four five six seven eight nine ten " * 4)
+    return {
+        "compare": ["compare", "Hi", "--max-new-tokens", "3", "--model", model_dir],
+        "score": ["score", str(text), "--window", "16", "--stride", "8", "--model", model_dir],
+        "trace": ["trace", "Hi", "-n", "3", "--model", model_dir],
+        "generate": ["generate", "Hi", "--max-new-tokens", "150", "--model", model_dir],
+    }
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(long_context_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NPGPT_PROGRESS"}
+    for name, args in long_work(long_context_dir, tmp_path).items():
+        r = npgpt(*args, env=env)
+        assert r.returncode == 0 and r.stderr == "", (name, r.stderr)
+
+
+def test_a_progress_bar_for_long_work_on_a_terminal(long_context_dir, tmp_path):
+    """NPGPT_PROGRESS=1 draws the bars as on a terminal (and --quiet leaves them out even then)."""
+    env = {**os.environ, "NPGPT_PROGRESS": "1"}
+    counts = {"compare": "/ 10 rows", "score": "/ 40 tokens", "trace": "/ 3 steps", "generate": "/ 150 tokens"}
+    for name, args in long_work(long_context_dir, tmp_path).items():
+        r = subprocess.run([sys.executable, "-m", "npgpt", *args], capture_output=True, timeout=120, env=env)
+        err = r.stderr.decode()  # as bytes: text mode would turn each \r into a \n
+        assert r.returncode == 0, err
+        assert err.startswith(f"\r{name}: ") and counts[name] in err and "/s" in err, name
+        assert err.endswith("\r\x1b[K"), name  # erased when done: nothing is left on the terminal
+        assert npgpt(*args, "--quiet", env=env).stderr == "", name
+    short = npgpt("generate", "Hi", "--max-new-tokens", "20", "--model", long_context_dir, env=env)
+    assert short.returncode == 0 and short.stderr == ""  # a short generation needs no bar
+
+
+def test_trace_prints_each_step_as_it_is_made(micro_dir, monkeypatch, capsys):
+    from npgpt import cli, study
+
+    made = study.trace_steps
+    printed = []
+
+    def watched(*args, **kw):
+        for step in made(*args, **kw):
+            printed.append(capsys.readouterr().out)  # what was printed before this step was made
+            yield step
+
+    monkeypatch.setattr(study, "trace_steps", watched)
+    assert cli.main(["trace", "Hi", "-n", "3", "--model", micro_dir]) == 0
+    rest = capsys.readouterr().out
+    assert printed[0] == "Prompt: 'Hi'\n\n" and printed[1].startswith("Step 1: ") and printed[2].startswith("Step 2")
+    assert rest.startswith("Step 3: ") and rest.count("\n") == 2
+
+
+def test_views_too_big_for_a_terminal_are_capped_with_a_note(micro_dir):
+    r = npgpt("mask", "1000")
+    assert r.returncode == 0 and len(r.stdout) < 30_000 and r.stderr == ""
+    assert r.stdout.splitlines()[-1] == ("(showing the first 64 of 1,000 rows and columns: a view shows at most "
+                                         "that many)")
+    r = npgpt("topk", "Hi", "-k", "100000", "--model", micro_dir)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and len(lines) == 103
+    assert lines[-1] == "(showing the first 100 of 50,257 candidates: a view shows at most that many)"
+    assert "n must be in 1..1024" in one_line_error(npgpt("mask", "5000"))
+
+
+def test_plot_reports_the_file_it_wrote(tmp_path):
+    r = npgpt("mask", "3", "--plot", "noext", cwd=tmp_path)
+    assert r.returncode == 0 and r.stderr == "wrote noext.png\n"
+    assert (tmp_path / "noext.png").read_bytes()[:4] == b"\x89PNG" and not (tmp_path / "noext").exists()
+
+
+def test_a_long_generation_on_a_terminal_ends_with_its_speed(long_context_dir, capsys, monkeypatch):
+    """The text streams on the terminal (no bar over it); a line with the speed follows it on stderr."""
+    from npgpt import cli
+
+    monkeypatch.setenv("NPGPT_PROGRESS", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert cli.main(["generate", "Hi", "--max-new-tokens", "150", "--model", long_context_dir]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("npgpt: 150 tokens, ") and err.endswith(" tokens/s\n") and "\r" not in err

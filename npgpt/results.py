@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import display
+
 # Why generation ended, on every result.
 EOS = "eos"  # the model produced <|endoftext|> (or another eos_token_id; not part of the result)
 LENGTH = "length"  # max_new_tokens were generated
@@ -44,6 +46,19 @@ class _Details:
     finish_reason: str  # "eos", "length", "stop" or "context"
     logprobs: list[TokenLogprob] | None  # with logprobs=True, one per id
     score: float | None  # beam search: the beam's length-normalised log-probability, as transformers'
+
+    def _repr_html_(self) -> str:
+        """In a notebook: the text, its finish reason and token count, and the logprobs as a table."""
+        text = self.text if isinstance(self.text, str) else ""
+        parts = [f"<div style='white-space: pre-wrap; font-family: monospace'>{display.escape(text)}</div>",
+                 f"<div><b>{display.escape(self.finish_reason)}</b> after {len(self.ids)} tokens"
+                 + ("" if self.score is None else f", score {self.score:.4f}") + "</div>"]
+        if self.logprobs:
+            shown, note = display.limit(self.logprobs)
+            rows = [[display.token(lp.token), lp.id, f"{lp.logprob:.3f}",
+                     ", ".join(f"{a.token!r} {a.logprob:.2f}" for a in lp.top_logprobs)] for lp in shown]
+            parts.append(display.table(["token", "id", "logprob", "alternatives"], rows, align="lrrl", note=note))
+        return "".join(parts)
 
     def _details(self) -> str:
         score = "" if self.score is None else f", score={self.score:.4f}"

@@ -147,3 +147,23 @@ def test_no_repr_prints_an_array(micro, make):
 def test_model_tree_html_counts_the_checkpoint(micro):
     markup = study.inspect(micro)._repr_html_()
     assert f"total {micro.n_params:,} parameters" in markup
+
+
+def test_a_completion_shows_its_text_finish_reason_and_logprobs(micro):
+    out = micro.generate("Hello <b>", max_new_tokens=3, logprobs=True, top_logprobs=2)
+    assert repr(out).startswith("Completion(") and "finish_reason='length', tokens=3" in repr(out)
+    page = out._repr_html_()
+    assert "<b>length</b> after 3 tokens" in page and "<table" in page and "<b>" not in out.text
+    assert page.count("<tr>") == 4  # a header and one row per token
+    ids = micro.generate([1, 2], max_new_tokens=2)
+    assert repr(ids).startswith("TokenCompletion([") and "tokens=2" in repr(ids)
+    assert "<table" not in ids._repr_html_()
+
+
+def test_print_model_is_its_module_tree_and_outputs_show_shapes(micro):
+    tree = repr(micro)
+    assert "(h): 2 x Block" in tree and "(c_attn): Conv1D(in=8, out=24)" in tree and "tied to wte" in tree
+    assert f"params={micro.n_params:,}" in tree
+    out = micro.forward([1, 2, 3], output_hidden_states=True)
+    assert repr(out) == ("Output(logits=float32[1, 3, 50257], hidden_states=3 x float32[1, 3, 8], "
+                         "attentions=None)")

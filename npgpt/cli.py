@@ -123,7 +123,8 @@ def generation_settings(args, tokenizer) -> dict:
     settings = decoding_settings(args, tokenizer)
     settings.update(max_new_tokens=args.max_new_tokens, stop=args.stop, n=args.n, num_beams=args.num_beams,
                     length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-                    truncate_prompt=args.truncate_prompt)
+                    truncate_prompt=args.truncate_prompt, sliding_window=args.sliding_window,
+                    prompt_lookup_num_tokens=args.prompt_lookup_num_tokens)
     if args.logprobs is not None:
         settings.update(logprobs=True, top_logprobs=args.logprobs)
     return settings
@@ -149,6 +150,13 @@ def build_parser() -> Parser:
     gen.add_argument("--logprobs", type=non_negative_int, nargs="?", const=0, default=None, metavar="N",
                      help="print each token's log-probability and its N most likely alternatives")
     gen.add_argument("--truncate-prompt", action="store_true", help="keep the last tokens of a too long prompt")
+    gen.add_argument("--sliding-window", action="store_true",
+                     help="go on past the context, keeping its last tokens (each token then costs a whole window)")
+    fast = gen.add_argument_group("speculative decoding (the same text, faster when drafts are accepted)")
+    fast.add_argument("--prompt-lookup-num-tokens", type=int, metavar="K",
+                      help="draft up to K tokens copied from where the text's last words occurred before")
+    fast.add_argument("--assistant-model", metavar="NAME",
+                      help="draft with a smaller GPT-2 sharing the tokenizer (e.g. distilgpt2 for gpt2-medium)")
     gen.add_argument("--no-echo", action="store_true", help="print only the continuation, not the prompt")
     add_decoding_arguments(gen)
     gen.set_defaults(run=run_generate)
@@ -402,6 +410,9 @@ def run_models(args) -> int:
 def run_generate(args) -> int:
     model = load_model(args)
     settings = generation_settings(args, model.tokenizer)
+    if args.assistant_model:
+        settings["assistant_model"] = load(args.assistant_model, revision=None,
+                                           progress=False if args.quiet else None)
     out = sys.stdout
     if len(args.prompt) == 1 and args.n == 1 and args.num_beams == 1:
         stream_one(model, args.prompt[0], settings, echo=not args.no_echo, progress=progress_setting(args))

@@ -118,9 +118,12 @@ SETTING_FLAGS = [  # (flags, the generation setting they set, its value)
     (["--logprobs", "2"], "top_logprobs", 2),
     (["--logprobs"], "logprobs", True),
     (["--truncate-prompt"], "truncate_prompt", True),
+    (["--sliding-window"], "sliding_window", True),
+    (["--prompt-lookup-num-tokens", "6"], "prompt_lookup_num_tokens", 6),
 ]
 BEHAVIOUR_FLAGS = ["--bias", "--ban"]  # checked by what they do to the logits, below
-NOT_SETTINGS = {"-h", "--model", "--revision", "--quiet", "--no-echo"}  # which model, and how text is printed
+NOT_SETTINGS = {"-h", "--model", "--revision", "--quiet", "--no-echo",  # which model, how text is printed
+                "--assistant-model"}  # a model too: loaded by run_generate, tested end to end below
 
 
 def parsed_settings(micro, flags, command="generate"):
@@ -395,3 +398,11 @@ def test_a_long_generation_on_a_terminal_ends_with_its_speed(long_context_dir, c
     assert cli.main(["generate", "Hi", "--max-new-tokens", "150", "--model", long_context_dir]) == 0
     err = capsys.readouterr().err
     assert err.startswith("npgpt: 150 tokens, ") and err.endswith(" tokens/s\n") and "\r" not in err
+
+
+def test_speculative_flags_give_the_plain_text(micro_dir):
+    plain = npgpt("generate", "the cat sat on the mat, the cat", "--model", micro_dir, "--max-new-tokens", "12")
+    for flags in (["--prompt-lookup-num-tokens", "4"], ["--assistant-model", micro_dir]):
+        fast = npgpt("generate", "the cat sat on the mat, the cat", "--model", micro_dir, "--max-new-tokens", "12",
+                     *flags)
+        assert fast.returncode == 0 and fast.stdout == plain.stdout, fast.stderr

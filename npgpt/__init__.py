@@ -45,3 +45,13 @@ def load(name_or_path: str | os.PathLike, revision: str | None = None, *, offlin
         return GPT2.from_dir(path)
     snapshot = hub.Hub.from_env(offline=offline, progress=progress).snapshot(path, revision)
     return GPT2.from_dir(snapshot, name=path)
+
+
+def __getattr__(name: str):
+    """npgpt.study, npgpt.plots, ... without importing them first (as `import torch` gives torch.nn): the study
+    tools are imported on first use, so `import npgpt` stays light."""
+    if name in ("study", "plots", "views", "display", "batch"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'npgpt' has no attribute {name!r}")

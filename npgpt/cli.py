@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, hub, load, plots, study, views
+from . import __version__, batch, hub, load, plots, study, views
 from .config import PRESETS
 from .errors import InputError, NpgptError
 from .progress import Progress, wanted
@@ -168,6 +168,11 @@ def build_parser() -> Parser:
 
     models = commands.add_parser("models", help="list the models in the Hugging Face cache, with their sizes")
     models.set_defaults(run=run_models)
+
+    jobs = commands.add_parser("batch", help="complete and score a JSON Lines file of requests, on every core or "
+                                             "a Ray cluster")
+    batch.add_arguments(jobs)
+    jobs.set_defaults(run=batch.run_command)
 
     for experiment in EXPERIMENTS:
         add_experiment(commands, experiment)

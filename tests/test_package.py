@@ -9,6 +9,7 @@ import npgpt
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ALLOWED = {"numpy", "tiktoken", "safetensors", "requests", "npgpt"}
+OPTIONAL = {("plots.py", "matplotlib"), ("batch_ray.py", "ray")}  # the `plot` and `ray` extras
 
 
 def imported_modules(path):
@@ -25,8 +26,8 @@ def test_runtime_imports_only_the_standard_library_and_four_dependencies():
     assert files
     for path in files:
         for module in imported_modules(path):
-            if path.name == "plots.py" and module == "matplotlib":
-                continue  # the optional `plot` extra, imported only inside the plotting functions (below)
+            if (path.name, module) in OPTIONAL:
+                continue  # an optional extra, imported only where it is used (below)
             assert module in ALLOWED or module in sys.stdlib_module_names, f"{path.name} imports {module}"
 
 
@@ -57,3 +58,14 @@ def test_declared_dependencies_are_exactly_the_four():
 
 def test_the_package_carries_its_vocabulary():
     assert (ROOT / "npgpt" / "data" / "vocab.bpe.gz").is_file()
+
+
+def test_ray_is_imported_only_when_the_ray_engine_runs():
+    tree = ast.parse((ROOT / "npgpt" / "batch_ray.py").read_text())
+    top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert all("ray" not in [a.name.split(".")[0] for a in getattr(n, "names", [])] and
+               (getattr(n, "module", None) or "").split(".")[0] != "ray" for n in top_level)
+    import subprocess
+
+    code = "import sys, npgpt, npgpt.cli, npgpt.batch, npgpt.batch_ray; print('ray' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -1,0 +1,400 @@
+"""Corpus-scale jobs: a JSON Lines file of requests in, one result line per request out, in input order.
+
+    npgpt batch IN.jsonl OUT.jsonl --model gpt2 [--workers N] [--engine ray]
+    npgpt.batch.run([{"id": 1, "prompt": "Hello,", "max_new_tokens": 5}, {"id": 2, "text": "A text."}], "gpt2")
+
+A request is a JSON object with an "id" (a string or an integer, unique in the file) and either
+    "prompt" (text or token ids) and generate()'s settings   -> {"id", "text", "finish_reason", "tokens"}
+    "text", optionally "window" and "stride" (study.score's)  -> {"id", "tokens", "logprob", "perplexity",
+                                                                  "token_logprobs"}
+A completion's "tokens" counts the generated tokens. A score's "tokens" counts the text's tokens and
+"token_logprobs" has one entry per token, null for the first (nothing predicts it); "logprob" is their sum and
+"perplexity" exp(-logprob / (tokens - 1)): the numbers of `npgpt score` (to float32 rounding). A request that cannot
+be done gives {"id", "error"} ({"line", "error"} when no id can be read) and the job goes on.
+
+How a job runs:
+
+    IN -> windows of WINDOW lines -> requests (parsed and checked; a bad one is an error line at once)
+       -> units: the requests of a window sorted by kind, settings and length, cut into batches of at most
+          batch_size rows and batch_tokens padded tokens (a unit is one model.generate over a list of prompts
+          or one forward pass over left-padded texts; a text longer than the context, or one with its own
+          window, is scored alone by study.score)
+       -> an engine runs the units: in this process, in N worker processes (each maps the checkpoint: the
+          weights are the OS's page cache, shared), or on Ray actors
+       -> results are written to OUT in input order, each line whole: one write() of the line and its newline,
+          fsync'ed every few seconds; a result that completes before the ones ahead of it waits in memory.
+
+Resume: OUT is always the results of IN's first k lines. A rerun reads them (checking each belongs to the same
+line of IN), removes a torn last line (the job was killed while writing it), and continues from line k: it never
+duplicates a line. Identical results: the units are cut from the whole window, whatever the engine, the number
+of workers or how much of the window is already done (a unit with some lines done is run again whole), so a
+request's numbers never depend on where or when it ran. They may depend on its batch mates, in float32's last
+digits: padding changes how sums are rounded (and a greedy near-tie may tip); batch_size=1 gives exactly what
+generate() and study.score give. A request that samples without a seed gets one derived from the job's seed
+(--seed, default 0) and its id (`request_seed`): the job is reproducible, and a new --seed draws new samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+
+from . import load
+from .config import HUB_REPOS
+from .errors import InputError, NpgptError, SettingsError
+from .model import GPT2
+from .batch_output import Ordered, ResultFile, written_results
+from .batch_units import (BATCH_SIZE, BATCH_TOKENS, Request, parse_request, plan,  # noqa: F401 (public)
+                          request_seed, run_unit, token_logprobs)
+
+WINDOW = 1024  # input lines whose requests are sorted by length and cut into units together
+
+
+# ----------------------------------------------------------------------------------------------- engines
+
+
+def model_spec(model, revision: str | None = None) -> tuple[str, str | None]:
+    """(name or directory, revision) a worker loads the model from; for a loaded GPT2, where it was loaded from."""
+    if isinstance(model, GPT2):
+        name = model.name or ""
+        if not (os.path.isdir(name) or name in HUB_REPOS or "/" in name):
+            raise SettingsError("workers load the model themselves: pass its name or directory, or save it first "
+                                "(model.save(dir)) and pass dir; workers=1 runs it in this process")
+        return (os.path.abspath(name) if os.path.isdir(name) else name), revision
+    return (os.path.abspath(model) if os.path.exists(model) else model), revision
+
+
+def load_spec(spec: tuple[str, str | None], offline: bool | None = None):
+    name, revision = spec
+    return load(name, revision=revision, offline=offline, progress=False)
+
+
+class InProcess:
+    """Runs the units one after the other in this process."""
+
+    name = "local"
+
+    def __init__(self, model, job_seed: int):
+        self.model, self.job_seed, self.workers = model, job_seed, 1
+
+    def map(self, units: Iterable[dict]) -> Iterator[tuple[dict, list]]:
+        for unit in units:
+            yield unit, run_unit(self.model, unit, self.job_seed)
+
+
+_WORKER: dict = {}  # in a worker process: the model it loaded and the job's seed
+
+
+def _start_worker(spec, job_seed: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _WORKER.update(model=load_spec(spec, offline=True), job_seed=job_seed)  # the parent already fetched it
+
+
+def _run_in_worker(unit: dict) -> list:
+    return run_unit(_WORKER["model"], unit, _WORKER["job_seed"])
+
+
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class Processes:
+    """Runs the units in `workers` processes started with 'spawn' (forking a process whose BLAS threads run is
+    unsafe). Each loads the model once: a memory map of the checkpoint, so the weights are the OS's page cache,
+    shared by all of them; a worker's own memory is its activations. Each gets cores // workers BLAS threads.
+    A few units per worker are in flight at a time, so that results come back about in input order."""
+
+    name = "local"
+
+    def __init__(self, spec, workers: int, job_seed: int):
+        self.spec, self.workers, self.job_seed = spec, workers, job_seed
+
+    def map(self, units: Iterable[dict]) -> Iterator[tuple[dict, list]]:
+        import multiprocessing
+
+        # The workers' BLAS reads its thread count from the environment when it loads, and the pool starts the
+        # workers as units are submitted: the variables stay set until the job ends.
+        threads = str(max(1, usable_cores() // self.workers))
+        saved = {name: os.environ.get(name) for name in BLAS_THREADS}
+        os.environ.update({name: threads for name in BLAS_THREADS})
+        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self.spec, self.job_seed))
+        finished = False
+        try:
+            yield from self._run(pool, iter(units))
+            finished = True
+        except BrokenProcessPool:
+            raise NpgptError("a worker process stopped (out of memory, or it could not start: its error is above); "
+                             "use fewer --workers or a smaller --batch-tokens, then rerun the same command to resume") \
+                from None
+        finally:
+            if not finished:  # interrupted or failed: stop the workers at once, even in the middle of a unit
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def _run(self, pool, units: Iterator[dict]) -> Iterator[tuple[dict, list]]:
+        running = {}
+        for unit in units:
+            running[pool.submit(_run_in_worker, unit)] = unit
+            while len(running) >= 2 * self.workers:
+                yield from self._finished(running)
+        while running:
+            yield from self._finished(running)
+
+    @staticmethod
+    def _finished(running: dict) -> Iterator[tuple[dict, list]]:
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            yield running.pop(future), future.result()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --------------------------------------------------------------------------------------------------- jobs
+
+
+@dataclasses.dataclass
+class Summary:
+    lines: int = 0  # lines in the input
+    skipped: int = 0  # already in OUT before this run
+    done: int = 0
+    failed: int = 0
+    tokens: int = 0  # scored tokens and generated tokens, of this run
+    seconds: float = 0.0
+    workers: int = 1
+    engine: str = "local"
+
+    def __str__(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        skipped = f", {self.skipped:,} already done" if self.skipped else ""
+        return (f"{self.lines:,} lines: {self.done:,} done, {self.failed:,} failed{skipped}; {self.tokens:,} tokens "
+                f"in {self.seconds:.1f} s ({rate:,.0f} tokens/s, {self.workers} "
+                f"{'worker' if self.workers == 1 else 'workers'}, {self.engine})")
+
+
+class Job:
+    """The requests of one input, run by an engine, their results passed to `emit` in input order."""
+
+    def __init__(self, model, engine, emit, written: list[str] | None = None, batch_size: int = BATCH_SIZE,
+                 batch_tokens: int = BATCH_TOKENS, progress: bool = False, total: int | None = None):
+        self.model, self.engine, self.written = model, engine, written or []
+        self.batch_size, self.batch_tokens = batch_size, batch_tokens
+        self.summary = Summary(skipped=len(self.written), workers=engine.workers, engine=engine.name)
+        self.output = Ordered(self._count(emit), start=len(self.written))
+        self.first_line: dict[str, int] = {}
+        self.progress, self.total = progress, total
+
+    def _count(self, emit):
+        def counted(result: dict) -> None:
+            emit(result)
+            if "error" in result:
+                self.summary.failed += 1
+            else:
+                self.summary.done += 1
+                self.summary.tokens += result.get("tokens", 0)
+        return counted
+
+    def run(self, entries: Iterable) -> Summary:
+        from .progress import Progress, wanted
+
+        start = time.monotonic()
+        todo = None if self.total is None else max(0, self.total - len(self.written))
+        with Progress("batch", todo, wanted(self.progress), unit="lines", transient=False) as bar:
+            for unit, results in self.engine.map(self._units(entries, bar)):
+                for index, result in results:
+                    self.output.put(index, result)
+                bar.update(sum(1 for item in unit["items"] if item[0] >= len(self.written)))
+        self.summary.seconds = time.monotonic() - start
+        self.summary.workers = self.engine.workers  # Ray's default is known once the cluster is
+        if self.output.next != self.summary.lines:  # cannot happen: every line has a result
+            raise NpgptError(f"only {self.output.next} of {self.summary.lines} results were written; rerun to resume")
+        return self.summary
+
+    def _units(self, entries: Iterable, bar) -> Iterator[dict]:
+        """The units still to run, window by window; error lines go straight to the output."""
+        window = []
+        for index, entry in enumerate(entries):
+            window.append(parse_request(index, entry))
+            if len(window) == WINDOW:
+                yield from self._window(window, bar)
+                window = []
+        yield from self._window(window, bar)
+        if self.summary.lines < len(self.written):
+            raise NpgptError(f"the output already holds {len(self.written)} results but the input has only "
+                             f"{self.summary.lines} lines: it belongs to another input; write to a new file")
+
+    def _window(self, requests: list[Request], bar) -> Iterator[dict]:
+        done = len(self.written)
+        self.summary.lines += len(requests)
+        for r in requests:
+            if r.id is not None:
+                first = self.first_line.setdefault(r.key, r.index)
+                if first != r.index:
+                    r.kind, r.error = "error", f"duplicate id: line {first + 1} has it too; ids must be unique"
+            if r.index < done and self.written[r.index] != r.key:
+                raise NpgptError(f"line {r.index + 1} of the output is the result for {self.written[r.index]}, but "
+                                 f"line {r.index + 1} of the input is {r.key}: the output belongs to another input; "
+                                 "write to a new file")
+            if r.kind == "error" and r.index >= done:
+                self.output.put(r.index, r.failed(r.error))
+                bar.update(1)
+        if requests and requests[-1].index >= done:  # a window wholly done is not planned again
+            for unit in plan([r for r in requests if r.kind != "error"], self.model, self.batch_size,
+                             self.batch_tokens):
+                if any(item[0] >= done for item in unit["items"]):
+                    yield unit
+
+
+def make_engine(model: GPT2, source=None, engine: str = "local", workers: int | None = None, job_seed: int = 0,
+                address: str | None = None, revision: str | None = None):
+    """What runs the units: this process (one local worker), worker processes, or Ray actors. model: the model
+    loaded here; source: where workers load it from (its name or directory; default: where `model` was loaded
+    from)."""
+    if engine not in ("local", "ray"):
+        raise SettingsError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise SettingsError(f"workers must be an integer >= 1, got {workers!r}")
+    source = model if source is None else source
+    if engine == "ray":
+        from .batch_ray import RayEngine
+
+        return RayEngine(model_spec(source, revision), workers, job_seed, address)
+    if address is not None:
+        raise SettingsError("an address is for the ray engine (--engine ray)")
+    if workers is None:
+        workers = usable_cores() if _loadable(source) else 1
+    if workers == 1:
+        return InProcess(model, job_seed)
+    return Processes(model_spec(source, revision), workers, job_seed)
+
+
+def _loadable(source) -> bool:
+    try:
+        model_spec(source)
+    except SettingsError:
+        return False
+    return True
+
+
+def _check_batching(batch_size, batch_tokens) -> None:
+    for name, value in (("batch_size", batch_size), ("batch_tokens", batch_tokens)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SettingsError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def run(requests: Iterable, model="gpt2", *, workers: int | None = None, engine: str = "local",
+        address: str | None = None, batch_size: int = BATCH_SIZE, batch_tokens: int = BATCH_TOKENS, seed: int = 0,
+        revision: str | None = None, progress: bool | None = False) -> list[dict]:
+    """Run requests (dicts as the lines of a batch file, or those lines as str) and return their results, in
+    order. model: a name, a directory or a loaded GPT2 (for worker processes or Ray, one loaded from a directory
+    or the hub: each worker loads it itself). workers: processes (default: one per core; a GPT2 that cannot be
+    loaded again runs in this process) or Ray actors (default: the cluster's CPUs). seed: the job's seed, for
+    the sampling requests without one (see request_seed)."""
+    _check_batching(batch_size, batch_tokens)
+    loaded = model if isinstance(model, GPT2) else load(model, revision=revision, progress=False)
+    runner = make_engine(loaded, model, engine, workers, seed, address, revision)
+    results: list[dict] = []
+    Job(loaded, runner, results.append, batch_size=batch_size, batch_tokens=batch_tokens,
+        progress=progress).run(requests)
+    return results
+
+
+def run_file(in_path: str, out_path: str, model="gpt2", *, workers: int | None = None, engine: str = "local",
+             address: str | None = None, batch_size: int = BATCH_SIZE, batch_tokens: int = BATCH_TOKENS,
+             seed: int = 0, revision: str | None = None, progress: bool | None = None) -> Summary:
+    """Run the requests of IN (JSON Lines) and append their results to OUT in input order, resuming after the
+    results OUT already holds. Returns the Summary (done, failed, tokens/s)."""
+    _check_batching(batch_size, batch_tokens)
+    if not os.path.isfile(in_path):
+        raise InputError(f"{in_path}: no such file" if not os.path.exists(in_path) else f"{in_path}: not a file")
+    if os.path.exists(out_path) and os.path.samefile(in_path, out_path):
+        raise SettingsError("the output file must not be the input file")
+    loaded = model if isinstance(model, GPT2) else load(model, revision=revision, progress=progress)
+    runner = make_engine(loaded, model, engine, workers, seed, address, revision)
+    written = written_results(out_path)
+    with open(in_path, "rb") as f:
+        total = sum(1 for _ in f)
+    out = ResultFile(out_path)
+    try:
+        with open(in_path, "rb") as f:
+            return Job(loaded, runner, out.write, written, batch_size, batch_tokens, progress, total).run(f)
+    finally:
+        out.close()
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `npgpt batch`."""
+    parser.add_argument("input", metavar="IN.jsonl", help="requests, one JSON object per line: {\"id\", \"prompt\", "
+                        "generate's settings} to complete, {\"id\", \"text\"} to score")
+    parser.add_argument("output", metavar="OUT.jsonl", help="results, one line per request in input order; a "
+                        "rerun resumes after the lines it already holds")
+    parser.add_argument("--model", "-m", default="gpt2", metavar="NAME", help="a hub name (gpt2, gpt2-medium, ..., "
+                        "org/name) or a directory with config.json and model.safetensors (gpt2)")
+    parser.add_argument("--revision", help="hub branch, tag or commit (default: main)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    parser.add_argument("--workers", "-w", type=int, metavar="N", help="worker processes (default: one per core) or "
+                        "Ray actors (default: the cluster's CPUs)")
+    parser.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local processes (default) or a Ray cluster (pip install 'npgpt[ray]')")
+    parser.add_argument("--address", metavar="ADDRESS", help="the Ray cluster to join (default: RAY_ADDRESS, else "
+                        "a local one)")
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, metavar="ROWS",
+                        help=f"rows per batch ({BATCH_SIZE})")
+    parser.add_argument("--batch-tokens", type=int, default=BATCH_TOKENS, metavar="TOKENS",
+                        help=f"padded tokens per batch, which bounds a worker's memory ({BATCH_TOKENS})")
+    parser.add_argument("--seed", type=int, default=0, help="the job's seed: sampling requests without their own "
+                        "seed get one made from it and their id (0)")
+
+
+def run_command(args) -> int:
+    """`npgpt batch`: run the job, then one line of summary on stderr."""
+    try:
+        summary = run_file(args.input, args.output, args.model, workers=args.workers, engine=args.engine,
+                           address=args.address, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
+                           seed=args.seed, revision=args.revision, progress=False if args.quiet else None)
+    except KeyboardInterrupt:
+        print(f"\nnpgpt: interrupted; {args.output} holds whole lines only: rerun the same command to resume",
+              file=sys.stderr)
+        raise
+    print(f"npgpt batch: {summary}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m npgpt.batch`: the command on its own, as the CLI runs it."""
+    parser = argparse.ArgumentParser(prog="npgpt batch", description="Complete and score JSON Lines requests.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_command(args)
+    except NpgptError as e:
+        print(f"npgpt: error: {str(e) or type(e).__name__}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    from npgpt.batch import main as _main  # the workers unpickle this module's functions by its package name
+
+    sys.exit(_main())

@@ -1,0 +1,250 @@
+"""npgpt batch: JSON Lines in, one result line per line out, in order; resumable; the same results whatever runs it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from npgpt import batch, study
+from npgpt.errors import NpgptError, SettingsError
+
+from conftest import ROOT
+
+LONG = "The cat sat on the mat and looked at the dog, who did not look back at all. " * 3  # > 32 tokens
+
+
+def write_lines(path, lines) -> str:
+    with open(path, "wb") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else (json.dumps(line) + "\n").encode())
+    return str(path)
+
+
+def read_results(path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def mixed_requests() -> list:
+    """Completions (greedy, sampled with one seed, sampled without a seed), texts of every length (one longer than
+    micro's 32-token context), and lines that cannot be done."""
+    words = "one two three four five six seven eight nine ten eleven twelve".split()
+    lines = []
+    for i in range(12):
+        lines.append({"id": f"g{i}", "prompt": " ".join(words[:1 + i % 7]), "max_new_tokens": 6})
+        lines.append({"id": f"s{i}", "text": " ".join(words[:2 + (5 * i) % 11]) + "."})
+    for i in range(4):
+        lines.append({"id": f"seeded{i}", "prompt": words[i], "max_new_tokens": 5, "temperature": 0.8, "seed": 7})
+        lines.append({"id": f"free{i}", "prompt": words[i], "max_new_tokens": 5, "do_sample": True, "top_k": 50})
+    lines += [{"id": "long", "text": LONG}, {"id": "windowed", "text": LONG, "window": 16, "stride": 8},
+              {"id": "ids", "prompt": [464, 3797, 3332], "max_new_tokens": 4},
+              b"{not json\n", {"prompt": "no id"}, {"id": "bad", "prompt": "x", "temprature": 0.5},
+              {"id": "short", "text": "x"}, {"id": "too long", "prompt": LONG * 2, "max_new_tokens": 2},
+              {"id": "g0", "text": "a duplicate id"}, b"\n", b"\xff\xfe\n", {"id": [1], "text": "an id that is a list"}]
+    return lines
+
+
+def run_cli(*args, env=None, check=True):
+    out = subprocess.run([sys.executable, "-m", "npgpt", "batch", *map(str, args)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "NPGPT_PROGRESS": "0", **(env or {})}, timeout=120)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def job_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("batch")
+
+
+@pytest.fixture(scope="module")
+def micro_dir(micro, job_dir):
+    """conftest's micro model saved once for this module's jobs (workers load it from there)."""
+    path = job_dir / "micro"
+    micro.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def mixed(job_dir):
+    return write_lines(job_dir / "in.jsonl", mixed_requests())
+
+
+@pytest.fixture(scope="module")
+def one_worker(micro_dir, mixed, job_dir):
+    """The mixed job run in this process (one worker), with small batches so that each kind has several."""
+    out = str(job_dir / "one.jsonl")
+    summary = batch.run_file(mixed, out, micro_dir, workers=1, batch_size=3, progress=False)
+    return out, summary
+
+
+def test_every_line_has_its_result_in_input_order(one_worker, micro):
+    out, summary = one_worker
+    requests, results = mixed_requests(), read_results(out)
+    assert len(results) == len(requests)
+    for request, result in zip(requests, results):
+        if isinstance(request, dict) and isinstance(request.get("id"), str):
+            assert result["id"] == request["id"]
+    by_id = {r["id"]: r for r in results if "id" in r and "error" not in r}
+    assert set(by_id["g3"]) == {"id", "text", "finish_reason", "tokens"}
+    assert by_id["g3"]["finish_reason"] == "length" and by_id["g3"]["tokens"] == 6
+    assert set(by_id["s3"]) == {"id", "tokens", "logprob", "perplexity", "token_logprobs"}
+    assert summary.lines == len(requests) and summary.done + summary.failed == len(requests)
+    assert summary.failed == 9 and summary.tokens > 0 and "tokens/s" in str(summary)
+
+
+def test_bad_lines_become_error_lines_and_the_job_goes_on(one_worker):
+    results = read_results(one_worker[0])
+    errors = {r.get("id", f"line {r.get('line')}"): r["error"] for r in results if "error" in r}
+    n = len(mixed_requests())
+    assert errors[f"line {n - 8}"].startswith("not JSON")
+    assert errors[f"line {n - 7}"] == 'the request has no "id"'
+    assert "did you mean temperature" in errors["bad"]
+    assert errors["short"] == "perplexity needs a text of at least two tokens"
+    assert "context" in errors["too long"]
+    assert errors["g0"].startswith("duplicate id")
+    assert errors[f"line {n - 2}"].startswith("empty line")
+    assert errors[f"line {n - 1}"] == "the line is not UTF-8 text"
+    assert errors[f"line {n}"].startswith('"id" must be a string or an integer')
+    assert all("\n" not in e for e in errors.values())
+
+
+def test_the_same_numbers_as_generate_and_score(micro_dir, mixed, tmp_path, micro):
+    """Alone in its batch (batch_size=1), a request gives exactly what the library gives."""
+    out = str(tmp_path / "alone.jsonl")
+    batch.run_file(mixed, out, micro_dir, workers=1, batch_size=1, progress=False)
+    by_id = {r["id"]: r for r in read_results(out) if "id" in r and "error" not in r}
+    for request in mixed_requests():
+        if not isinstance(request, dict) or not isinstance(request.get("id"), str) or request["id"] not in by_id \
+                or request["id"] == "g0":
+            continue
+        result, settings = by_id[request["id"]], {k: v for k, v in request.items() if k not in ("id", "prompt", "text")}
+        if "text" in request:
+            s = study.score(micro, request["text"], **settings)
+            assert result["tokens"] == s.tokens + 1 and result["token_logprobs"][0] is None
+            np.testing.assert_allclose(result["token_logprobs"][1:], -s.surprisal, rtol=1e-6)
+            assert result["perplexity"] == pytest.approx(s.perplexity, rel=1e-6)
+            assert result["logprob"] == pytest.approx(-s.surprisal.sum(), rel=1e-6)
+        else:
+            if settings.get("do_sample") and "seed" not in settings:
+                settings["seed"] = batch.request_seed(0, request["id"])
+            c = micro.generate(request["prompt"], **settings)
+            assert (result["text"], result["finish_reason"], result["tokens"]) == (c.text, c.finish_reason, len(c.ids))
+
+
+def test_batched_scoring_matches_one_text_at_a_time(micro):
+    rows = [micro.tokenizer.encode(t) for t in ("A short one.", "A somewhat longer text than that one is.", "Hi x")]
+    together = batch.token_logprobs(micro, rows)
+    for row, logprobs in zip(rows, together):
+        np.testing.assert_allclose(logprobs, batch.token_logprobs(micro, [row])[0], rtol=1e-5, atol=1e-6)
+
+
+def test_one_and_two_workers_write_identical_files(one_worker, micro_dir, mixed, tmp_path):
+    out = tmp_path / "two.jsonl"
+    done = run_cli(mixed, out, "--model", micro_dir, "--workers", 2, "--batch-size", 3, env={"NPGPT_PROGRESS": "1"})
+    assert out.read_bytes() == open(one_worker[0], "rb").read()
+    assert "2 workers" in done.stderr and "lines" in done.stderr  # the bar, then the summary
+    summary = done.stderr.strip().splitlines()[-1]
+    assert summary.startswith("npgpt batch: ") and " done, 9 failed" in summary and "tokens/s" in summary
+
+
+def test_resume_continues_a_partial_output_to_the_same_file(one_worker, micro_dir, mixed, tmp_path):
+    expected = open(one_worker[0], "rb").read()
+    lines = expected.splitlines(keepends=True)
+    out = tmp_path / "partial.jsonl"
+    out.write_bytes(b"".join(lines[:7]) + lines[7][:25])  # seven lines and a torn one: killed mid-write
+    summary = batch.run_file(mixed, str(out), micro_dir, workers=1, batch_size=3, progress=False)
+    assert out.read_bytes() == expected
+    assert summary.skipped == 7 and summary.done + summary.failed == len(lines) - 7
+    again = batch.run_file(mixed, str(out), micro_dir, workers=1, batch_size=3, progress=False)
+    assert out.read_bytes() == expected and again.skipped == len(lines) and again.done == again.failed == 0
+
+
+def test_resume_after_sigkill(micro_dir, tmp_path):
+    lines = [{"id": i, "prompt": f"Line {i} says", "max_new_tokens": 16, "temperature": 1.0} for i in range(50)]
+    source = write_lines(tmp_path / "in.jsonl", lines)
+    out = tmp_path / "out.jsonl"
+    job = subprocess.Popen([sys.executable, "-m", "npgpt", "batch", source, out, "-m", micro_dir, "-w", "1", "-q"],
+                           cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not out.exists() or out.read_bytes().count(b"\n") < 5):
+        time.sleep(0.005)
+    job.send_signal(signal.SIGKILL)
+    job.wait()
+    killed_at = out.read_bytes().count(b"\n")
+    assert 5 <= killed_at < len(lines), "the job should have been killed in the middle"
+    with open(out, "ab") as f:
+        f.write(b'{"id": 999, "text": "half a li')  # as if the kill had come in the middle of a write
+    resumed = run_cli(source, out, "--model", micro_dir, "--workers", 1)
+    assert "removed a torn last line" in resumed.stderr
+    results = read_results(out)
+    assert [r["id"] for r in results] == list(range(len(lines)))
+    reference = batch.run(lines, micro_dir, workers=1)
+    assert results == reference
+
+
+def test_an_output_of_another_input_is_refused(one_worker, micro_dir, tmp_path):
+    other = write_lines(tmp_path / "other.jsonl", [{"id": "x", "text": "Something else entirely."}] * 2)
+    done = run_cli(other, one_worker[0], "--model", micro_dir, "-w", 1, check=False)
+    assert done.returncode == 1 and done.stderr.startswith("npgpt: error: line 1 of the output is the result for")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_sampling_without_a_seed_depends_on_the_job_seed_and_the_id_only(micro_dir, micro):
+    requests = [{"id": i, "prompt": "Once upon a time", "max_new_tokens": 8, "temperature": 1.0} for i in range(3)]
+    first = batch.run(requests, micro)
+    assert batch.run(requests[::-1], micro) == first[::-1]  # not the order, not the batch
+    assert len({r["text"] for r in first}) == 3  # each id its own draw
+    assert batch.run(requests, micro, seed=1) != first
+
+
+def test_python_api_and_its_errors(micro, tmp_path):
+    results = batch.run([{"id": 1, "text": "Hello there, world."}, '{"id": 2, "prompt": "Hi", "max_new_tokens": 2}'],
+                        micro)
+    assert results[0]["tokens"] == len(micro.tokenizer.encode("Hello there, world.")) and results[1]["tokens"] == 2
+    with pytest.raises(SettingsError, match="save it first"):
+        batch.run([{"id": 1, "text": "ab cd"}], micro, workers=2)  # a random model: workers cannot load it
+    with pytest.raises(SettingsError, match="workers must be an integer >= 1"):
+        batch.run([], micro, workers=0)
+    with pytest.raises(SettingsError, match="engine must be"):
+        batch.run([], micro, engine="spark")
+    with pytest.raises(NpgptError, match="no such file"):
+        batch.run_file(str(tmp_path / "missing.jsonl"), str(tmp_path / "out.jsonl"), micro)
+
+
+def test_the_ray_extra_is_named_when_ray_is_missing(monkeypatch, micro_dir):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(SettingsError, match=r"pip install 'npgpt\[ray\]'"):
+        batch.run([{"id": 1, "text": "ab cd"}], micro_dir, engine="ray")
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own, about its settings
+def test_ray_engine_writes_the_same_file(one_worker, micro_dir, mixed, tmp_path):
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"Ray cannot be imported ({e}); pip install 'npgpt[ray]'")
+    out = str(tmp_path / "ray.jsonl")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        summary = batch.run_file(mixed, out, micro_dir, engine="ray", workers=2, batch_size=3, progress=False)
+    finally:
+        ray.shutdown()
+    assert open(out, "rb").read() == open(one_worker[0], "rb").read()
+    assert summary.engine == "ray" and summary.workers == 2
+
+
+def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
+    """A smoke test of tools/bench_batch.py (its numbers are the script's to report, never a test's)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_batch.py"), "--quick",
+                           "--no-transformers", "--dir", str(tmp_path / "quick")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("npgpt, 1 worker, batch 4", "npgpt, 2 workers, batch 4", "RssAnon / model"):
+        assert row in done.stdout, row

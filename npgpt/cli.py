@@ -389,6 +389,55 @@ EXPERIMENTS = [
 ]
 
 
+# ---------------------------------------------------- issue 14: looking inside (npgpt lens, npgpt patch) ---------
+
+
+def token_argument(text: str):
+    """A token as given on the command line: an id if it is digits, else its text."""
+    return int(text) if text.isdigit() else text
+
+
+def lens_arguments(c):
+    prompt_argument(c)
+    c.add_argument("--target", type=token_argument, help="a token (one token's text, e.g. ' Paris', or an id) whose "
+                                                         "rank is followed through the layers")
+    c.add_argument("-k", type=int, default=5, help="top tokens per layer (5)")
+    c.add_argument("--position", type=int, default=-1, help="the position shown (-1: the last)")
+
+
+def patch_arguments(c):
+    c.add_argument("clean", help="the clean prompt")
+    c.add_argument("corrupted", help="the corrupted prompt (as many tokens as the clean one)")
+    c.add_argument("--metric", choices=("logit_diff", "logprob", "prob"), default="logit_diff",
+                   help="logit(answer) - logit(wrong) at the last position, or the answer's log-probability or "
+                        "probability (logit_diff)")
+    c.add_argument("--answer", type=token_argument, help="the clean answer token (the clean run's top token)")
+    c.add_argument("--wrong", type=token_argument, help="the corrupted answer token (the corrupted run's top token)")
+    c.add_argument("--activation", choices=("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "heads"),
+                   default="resid_pre", help="what is patched: per layer x position, or 'heads' (each head's output, "
+                                             "every position) per layer x head (resid_pre)")
+
+
+def run_patch(model, clean, corrupted, metric, answer, wrong, activation):
+    if activation == "heads":
+        return study.patch_heads(model, clean, corrupted, metric, answer=answer, wrong=wrong)
+    return study.patch(model, clean, corrupted, metric, activation, answer=answer, wrong=wrong)
+
+
+EXPERIMENTS += [
+    Experiment("lens", "the logit lens: each layer's residual stream read as next-token predictions",
+               study.logit_lens, views.logit_lens, lambda result, position=-1: plots.logit_lens(result),
+               lens_arguments, inputs=lambda a: dict(prompt=a.prompt, target=a.target, k=a.k),
+               about=lambda a: dict(position=a.position)),
+    Experiment("patch", "activation patching between a clean and a corrupted prompt, by layer and position or head",
+               run_patch, views.patch, plots.patch, patch_arguments,
+               inputs=lambda a: dict(clean=a.clean, corrupted=a.corrupted, metric=a.metric, answer=a.answer,
+                                     wrong=a.wrong, activation=a.activation)),
+]
+
+# ------------------------------------------------------------------------------------- end of issue 14's block
+
+
 def run_download(args) -> int:
     path = hub.Hub.from_env(progress=False if args.quiet else None).snapshot(args.model, args.revision)
     print(path)

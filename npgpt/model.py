@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import ops
+from . import ops, processing
 from .config import GPT2Config
 from .errors import ConfigError, ContextLengthError, InputError, NpgptError, SettingsError
 from .generation import generate, stream_steps, stream_text
+from .hooks import ActivationCache, HookTable, check_hooks, hook_names, names_selected
+from .kv_cache import KVCache
 from .memory import check_fits
 from .prompts import prompt_ids
 from .sampling import Sampler, apply, probabilities
@@ -79,93 +82,73 @@ def _shape(a: np.ndarray) -> str:
 
 
 def attention(x, w: Attention, n_head: int, cache, layer: int, keys_allowed, need_probs: bool,
-              last_query_only: bool = False):
+              last_query_only: bool = False, hooks: HookTable | None = None):
     """Causal multi-head self-attention of x [B, T, C] (already layer-normed) -> [B, T, C] and, if need_probs,
     the probabilities [B, H, T, S]. With a cache, k and v are stored after the past positions and attention
-    reads all S = past + T of them. last_query_only: only the last position attends ([B, 1, C] out)."""
+    reads all S = past + T of them. last_query_only: only the last position attends ([B, 1, C] out).
+    hooks: the forward pass's hook table (None: no hook, the plain path)."""
     c = x.shape[-1]
     qkv = ops.linear(x, w.c_attn.weight, w.c_attn.bias)  # [B, T, 3C]
     q, k, v = (ops.split_heads(qkv[..., i * c:(i + 1) * c], n_head) for i in range(3))  # [B, H, T, D]
+    if hooks is not None:
+        q, k, v = (_hook_heads(hooks, f"blocks.{layer}.attn.hook_{n}", a) for n, a in zip("qkv", (q, k, v)))
     if cache is not None:
         k, v = cache.update(layer, k, v)  # [B, H, S, D], S = past + T
     if last_query_only:
         q = q[:, :, -1:]  # [B, H, 1, D]
-    a, probs = ops.causal_attention(q, k, v, keys_allowed, need_probs)  # [B, H, T, D], [B, H, T, S] or None
+    if hooks is not None and hooks.wants(f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"):
+        a, probs = hooked_attention(q, k, v, keys_allowed, hooks, f"blocks.{layer}.attn.")
+    else:
+        a, probs = ops.causal_attention(q, k, v, keys_allowed, need_probs)  # [B, H, T, D], [B, H, T, S] or None
+    if hooks is not None:
+        a = _hook_heads(hooks, f"blocks.{layer}.attn.hook_z", a)
     return ops.linear(ops.merge_heads(a), w.c_proj.weight, w.c_proj.bias), probs  # [B, T, C]
 
 
-def mlp(x, w: MLP):
+def _hook_heads(hooks: HookTable, name: str, a: np.ndarray) -> np.ndarray:
+    """Run a per-head activation [B, H, T, D] through its hook point, which shows it as TransformerLens does,
+    [B, T, H, D] (a view: editing it in place edits a)."""
+    if not hooks.wants(name):
+        return a
+    return hooks(name, a.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+
+
+def hooked_attention(q, k, v, keys_allowed, hooks: HookTable, prefix: str):
+    """Attention with its scores and pattern passed through hook points: the whole [B, H, T, S] score matrix
+    at once (a long prompt is not taken in blocks of queries here: T x S floats per head, and the keys no query
+    may see are multiplied too). Masked scores are -inf in the hook, as in TransformerLens; the softmax treats
+    them as ops.attention does, so with hooks that change nothing the result is the plain path's.
+    q [B, H, T, D], k and v [B, H, S, D] -> output [B, H, T, D], pattern [B, H, T, S]."""
+    t, s = q.shape[2], k.shape[2]
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, H, T, S]
+    allowed = ops.visible(t, s - t, keys_allowed)  # [..., T, S] or None
+    if allowed is not None:
+        scores = np.where(allowed, scores, np.float32(-np.inf))
+    scores = hooks(prefix + "hook_attn_scores", scores)
+    pattern = ops.softmax(np.maximum(scores, ops.MASKED))  # -inf -> the finite MASKED: an all-padding row is uniform
+    pattern = hooks(prefix + "hook_pattern", pattern)
+    return pattern @ v, pattern
+
+
+def layer_norm(x, w: LayerNorm, eps: float, hooks: HookTable | None = None, prefix: str = ""):
+    """ops.layer_norm, or, when a hook wants its parts, the same steps with its scale sqrt(var + eps) [B, T, 1]
+    and normalized (x - mean) / scale [B, T, C] passed through prefix + hook_scale and hook_normalized."""
+    if hooks is None or not hooks.wants(prefix + "hook_scale", prefix + "hook_normalized"):
+        return ops.layer_norm(x, w.weight, w.bias, eps)
+    n = x.shape[-1]
+    centred = x - x.sum(axis=-1, keepdims=True) / n  # [B, T, C]
+    scale = hooks(prefix + "hook_scale", np.sqrt(np.square(centred).sum(axis=-1, keepdims=True) / n + eps))  # [B, T, 1]
+    normalized = hooks(prefix + "hook_normalized", centred / scale)  # [B, T, C]
+    return normalized * w.weight + w.bias
+
+
+def mlp(x, w: MLP, hooks: HookTable | None = None, prefix: str = ""):
     """gelu(x @ W_fc + b) @ W_proj + b: [B, T, C] -> [B, T, 4C] -> [B, T, C]"""
-    return ops.linear(ops.gelu(ops.linear(x, w.c_fc.weight, w.c_fc.bias)), w.c_proj.weight, w.c_proj.bias)
-
-
-class KVCache:
-    """Keys and values of every position seen so far, preallocated for `capacity` positions (by default the
-    model's context; a left-padded batch may need its padding on top).
-
-    keys, values: [L, B, H, capacity, D]. A forward pass over T new positions writes them at
-    [length, length + T) in each layer, attends over [0, length + T), then advances `length` by T.
-    """
-
-    def __init__(self, config: GPT2Config, batch_size: int, capacity: int | None = None):
-        capacity = config.n_positions if capacity is None else capacity
-        shape = (config.n_layer, batch_size, config.n_head, capacity, config.head_size)
-        check_fits(2 * 4 * math.prod(shape), f"a key/value cache of {batch_size} rows x {capacity} positions",
-                   "use fewer rows or positions")
-        self.keys = np.zeros(shape, dtype=np.float32)  # zeroed lazily by the OS: memory is used as it fills
-        self.values = np.zeros(shape, dtype=np.float32)
-        self.length = 0
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[3]
-
-    @property
-    def batch_size(self) -> int:
-        return self.keys.shape[1]
-
-    def update(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store k, v [B, H, T, D] after the past ones; return all keys and values so far, [B, H, S, D]."""
-        end = self.length + k.shape[2]
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-    def select(self, rows) -> None:
-        """Keep, reorder or repeat batch rows: new row i is old row rows[i]. Only the filled positions move."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if len(rows) == self.batch_size and (rows == np.arange(len(rows))).all():
-            return
-        if len(rows) == self.batch_size:  # a reordering (beam search): in place
-            for cache in (self.keys, self.values):
-                cache[:, :, :, :self.length] = cache[:, rows, :, :self.length]
-            return
-        check_fits(2 * self.keys[:, :1].nbytes * len(rows), f"a key/value cache of {len(rows)} rows",
-                   "use fewer rows")
-        for name in ("keys", "values"):
-            old = getattr(self, name)
-            new = np.zeros((old.shape[0], len(rows)) + old.shape[2:], dtype=old.dtype)
-            new[:, :, :, :self.length] = old[:, rows, :, :self.length]
-            setattr(self, name, new)
-
-
-    def compact(self, keep: np.ndarray, capacity: int) -> np.ndarray:
-        """Keep only the positions where keep [B, length] is True, each row's moved to the end of the filled
-        part (earlier places become padding), in a cache of `capacity` positions. Returns the new padding mask
-        [B, new length] (True = a position). Speculative decoding leaves holes; this closes them."""
-        counts = keep.sum(axis=1)
-        n = int(counts.max())
-        mask = np.arange(n)[None] >= (n - counts)[:, None]  # [B, n]: right-aligned
-        shape = self.keys.shape[:3] + (max(capacity, n),) + self.keys.shape[4:]
-        check_fits(2 * 4 * math.prod(shape), f"a key/value cache of {shape[1]} rows x {shape[3]} positions",
-                   "use fewer rows or positions")
-        for name in ("keys", "values"):
-            old, new = getattr(self, name), np.zeros(shape, dtype=np.float32)
-            for row in range(shape[1]):
-                new[:, row, :, n - counts[row]:n] = old[:, row, :, np.nonzero(keep[row])[0]]
-            setattr(self, name, new)
-        self.length = n
-        return mask
+    if hooks is None:
+        return ops.linear(ops.gelu(ops.linear(x, w.c_fc.weight, w.c_fc.bias)), w.c_proj.weight, w.c_proj.bias)
+    pre = hooks(prefix + "hook_pre", ops.linear(x, w.c_fc.weight, w.c_fc.bias))  # [B, T, 4C]
+    post = hooks(prefix + "hook_post", ops.gelu(pre))  # [B, T, 4C]
+    return ops.linear(post, w.c_proj.weight, w.c_proj.bias)  # [B, T, C]
 
 
 def _nested(ids) -> bool:
@@ -192,6 +175,10 @@ class GPT2:
         self.blocks = [self._block_weights(state, f"h.{i}") for i in range(c.n_layer)]
         self.ln_f = LayerNorm(state["ln_f.weight"], state["ln_f.bias"])
         self.lm_head = state.get("lm_head.weight", self.wte)  # [V, C]; GPT-2 ties it to wte
+        self.lm_head_bias = state.get("lm_head.bias")  # [V]; None, but for a processed model (fold_ln)
+        self.processing: dict[str, bool] = {}  # the weight processing applied (see processed())
+        self._fwd_hooks: list = []  # (name, fn) pairs active in every forward pass (model.hooks(...))
+        self._cache_request = None  # (dict to fill, names) while run_with_cache runs
 
     @staticmethod
     def _block_weights(state: dict, key: str) -> Block:
@@ -245,6 +232,9 @@ class GPT2:
 
     def save(self, model_dir: str | os.PathLike) -> None:
         """Write config.json and model.safetensors in the official layout (transformers can load them)."""
+        if self.processing:
+            raise SettingsError(f"this model's weights were processed ({', '.join(self.processing)}): the official "
+                                "layout has no place for them; save the model before model.processed(...)")
         os.makedirs(model_dir, exist_ok=True)
         self.config.save(os.path.join(model_dir, "config.json"))
         save_weights(self.state, os.path.join(model_dir, "model.safetensors"))
@@ -287,20 +277,40 @@ class GPT2:
             raise ContextLengthError(f"{positions.max() + 1} positions do not fit in the model's context of "
                                      f"{self.config.n_positions} tokens; shorten the input")
 
+        # Hooks, and the activations run_with_cache records: None unless some are active, and then the plain
+        # path below is the one that runs (every `if hooks` is skipped).
+        hooks = self._hook_table()
         # When only the last position's logits are wanted, the last block needs every position's keys and
-        # values (for the cache) but only the last position's query, attention output and MLP.
-        trim_last = last_only and not (output_hidden_states or output_attentions)
-        x = self.wte[ids] + self.wpe[positions]  # [B, T, C]
+        # values (for the cache) but only the last position's query, attention output and MLP. Hooks see
+        # every position, as they would without last_only.
+        trim_last = last_only and not (output_hidden_states or output_attentions or hooks)
+        embed, pos_embed = self.wte[ids], self.wpe[positions]  # [B, T, C], [B or 1, T, C]
+        if hooks:
+            embed = hooks("hook_embed", embed)
+            pos_embed = hooks("hook_pos_embed", np.ascontiguousarray(np.broadcast_to(pos_embed, embed.shape)))
+        x = embed + pos_embed  # [B, T, C]
         hidden = [x] if output_hidden_states else None  # kept only when asked: [B, T, C] per layer adds up
         attentions = [] if output_attentions else None
         eps = self.config.layer_norm_epsilon
         for i, block in enumerate(self.blocks):
             last_query_only = trim_last and i == len(self.blocks) - 1
-            h = ops.layer_norm(x, block.ln_1.weight, block.ln_1.bias, eps)  # [B, T, C]
+            name = f"blocks.{i}." if hooks else ""
+            if hooks:
+                x = hooks(name + "hook_resid_pre", x)
+            h = layer_norm(x, block.ln_1, eps, hooks, name + "ln1.")  # [B, T, C]
             a, probs = attention(h, block.attn, self.config.n_head, cache, i, keys_allowed,
-                                 output_attentions, last_query_only)  # [B, T, C], [B, H, T, S]
+                                 output_attentions, last_query_only, hooks)  # [B, T, C], [B, H, T, S]
+            if hooks:
+                a = hooks(name + "hook_attn_out", a)
             x = (x[:, -1:] if last_query_only else x) + a  # [B, T, C] (T = 1 if last_query_only)
-            x = x + mlp(ops.layer_norm(x, block.ln_2.weight, block.ln_2.bias, eps), block.mlp)  # [B, T, C]
+            if hooks:
+                x = hooks(name + "hook_resid_mid", x)
+            m = mlp(layer_norm(x, block.ln_2, eps, hooks, name + "ln2."), block.mlp, hooks, name + "mlp.")
+            if hooks:
+                m = hooks(name + "hook_mlp_out", m)
+            x = x + m  # [B, T, C]
+            if hooks:
+                x = hooks(name + "hook_resid_post", x)
             if output_hidden_states:
                 hidden.append(x)
             if output_attentions:
@@ -308,13 +318,97 @@ class GPT2:
         if cache is not None:
             cache.length += t
 
-        x = ops.layer_norm(x, self.ln_f.weight, self.ln_f.bias, eps)  # [B, T, C]
+        x = layer_norm(x, self.ln_f, eps, hooks, "ln_final.")  # [B, T, C]
         if output_hidden_states:
             hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
         logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(b, -1, self.lm_head.shape[0])  # [B, T, V]
+        if self.lm_head_bias is not None:  # only a processed model (fold_ln) has one
+            logits += self.lm_head_bias
         return Output(logits, hidden, attentions)
+
+    # ------------------------------------------------------------------------- hooks and the activation cache
+
+    def _hook_table(self) -> HookTable | None:
+        """The hooks of this forward pass (None when no hook nor cache is active: the plain path)."""
+        if not self._fwd_hooks and self._cache_request is None:
+            return None
+        cache, names = self._cache_request or (None, frozenset())
+        return HookTable(self._fwd_hooks, cache, names)
+
+    @contextmanager
+    def hooks(self, fwd_hooks=()):
+        """Hooks that act in every forward pass inside the `with`, generate and stream included; removed on exit.
+
+            with model.hooks(fwd_hooks=[("blocks.3.hook_resid_post", steer)]):
+                model.generate("I think", max_new_tokens=20)
+
+        fwd_hooks: (name, fn) pairs, name a hook point (npgpt.hooks.hook_names) or a predicate on names;
+        fn(activation, hook) may edit the activation in place or return a replacement of its shape. During
+        generation a step's activations are its new positions' ([B, 1, ...] after the prompt; keys, values and
+        attention patterns reach over every position so far, [B, H, 1, S]). The hooks belong to the model, so
+        they act in every thread that uses it while the `with` lasts.
+        """
+        pairs = check_hooks(fwd_hooks, self.config.n_layer)
+        before = self._fwd_hooks
+        self._fwd_hooks = before + pairs
+        try:
+            yield self
+        finally:
+            self._fwd_hooks = before
+
+    def run_with_hooks(self, prompt, fwd_hooks=(), **forward_settings) -> np.ndarray:
+        """The logits [B, T, V] of a prompt (text, ids [T] or [B, T]) run with these hooks (see hooks()) on top
+        of any already active. Text is encoded as generate encodes it: no <|endoftext|> is put before it
+        (TransformerLens's to_tokens prepends one). forward_settings: forward()'s (attention_mask, ...)."""
+        with self.hooks(fwd_hooks):
+            return self.forward(self._prompt_array(prompt), **forward_settings).logits
+
+    def run_with_cache(self, prompt, names_filter=None, fwd_hooks=(), **forward_settings):
+        """(logits [B, T, V], ActivationCache) of a prompt: every hook point's activation, or those names_filter
+        selects (a name, shorthand such as "pattern3", a list of them, or a predicate on names). With fwd_hooks,
+        the cache holds the activations as the hooks left them. Costs memory: a 124M GPT-2 keeps about
+        (30 C + 3 H T) floats per position per block."""
+        names = names_selected(names_filter, self.config.n_layer)
+        activations: dict[str, np.ndarray] = {}
+        before = self._cache_request
+        self._cache_request = (activations, names)
+        try:
+            logits = self.run_with_hooks(prompt, fwd_hooks, **forward_settings)
+        finally:
+            self._cache_request = before
+        order = {n: i for i, n in enumerate(hook_names(self.config.n_layer))}
+        activations = dict(sorted(activations.items(), key=lambda item: order[item[0]]))
+        return logits, ActivationCache(activations, self.config.n_layer)
+
+    def _prompt_array(self, prompt) -> np.ndarray:
+        """Text -> its ids [1, T]; ids are left for forward() to check."""
+        if isinstance(prompt, str):
+            return np.array([prompt_ids(self.tokenizer, prompt, self.config.vocab_size)])
+        return prompt
+
+    # -------------------------------------------------------------------------------------- weight processing
+
+    def processed(self, fold_ln: bool = False, center_writing_weights: bool = False,
+                  center_unembed: bool = False) -> "GPT2":
+        """A new model with TransformerLens's weight processing (the original is unchanged). Each option keeps
+        the next-token probabilities; fold_ln and center_writing_weights keep the logits too (to float
+        rounding), center_unembed shifts each position's logits by a constant. The activations change:
+
+        fold_ln: every LayerNorm's weight and bias go into the weights that read its output (ln_1 into c_attn,
+            ln_2 into c_fc, ln_f into the unembedding, which then has a bias [V] and is no longer tied to wte);
+            those weights are centred over their input axis (a normalized vector has mean 0, so this changes
+            nothing) and the LayerNorms become weight 1, bias 0: hook_normalized is then what the next layer
+            reads.
+        center_writing_weights: what writes to the residual stream (wte, wpe, each attn and mlp c_proj weight
+            and bias) has its mean over the model axis C removed: the residual stream has mean 0 and, since
+            every LayerNorm subtracts the mean, nothing downstream changes. The unembedding keeps the original
+            wte (untied).
+        center_unembed: the unembedding's mean over the vocabulary is removed (logits of each position shift
+            by the same amount; softmax does not change).
+        """
+        return processing.processed(self, fold_ln, center_writing_weights, center_unembed)
 
     def _check_ids(self, ids) -> np.ndarray:
         if isinstance(ids, (str, bytes)) or ids is None:

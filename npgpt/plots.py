@@ -271,3 +271,61 @@ def hidden(result, path=None):
     ax.set_title("hidden-state vector lengths (the last after ln_f)")
     fig.colorbar(image, ax=ax, label="||h||")
     return _done(fig, path)
+
+
+# ----------------------------------------------------------------------- issue 14: looking inside (npgpt.interpret)
+
+
+def logit_lens(lens, path=None):
+    """Heatmap of the target's probability (or, without a target, the top token's) at every layer and position,
+    each cell labelled with the layer's top token (of up to 24 positions)."""
+    probs = lens.target_prob if lens.target is not None else lens.top_probs[..., 0]  # [L + 1, T]
+    n_layers, t = probs.shape
+    fig, ax = _new(max(6, 0.9 * t + 2), max(4, 0.45 * n_layers + 1.5))
+    image = ax.imshow(probs, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    if t <= 24:
+        for layer in range(n_layers):
+            for p in range(t):
+                ax.text(p, layer, lens.top_tokens[layer][p][0][:8], ha="center", va="center", fontsize=7,
+                        color="black" if probs[layer, p] > 0.5 else "white")
+    _token_axis(ax.set_xticks, lens.tokens, rotation=90)
+    ax.set_yticks(range(n_layers))
+    ax.set_yticklabels(lens.labels)
+    ax.set_xlabel("position (the next token is predicted)")
+    what = "the target's probability" if lens.target is not None else "the top token's probability"
+    ax.set_title(f"logit lens: {what}; cells name each layer's top token")
+    fig.colorbar(image, ax=ax, label="probability")
+    return _done(fig, path)
+
+
+def _signed_map(values, rows, columns, title, label, path):
+    top = float(np.abs(values).max()) or 1.0
+    fig, ax = _new(max(5, 0.6 * len(columns) + 2), max(3, 0.45 * len(rows) + 1.5))
+    image = ax.imshow(values, cmap="RdBu", vmin=-top, vmax=top, aspect="auto")
+    _token_axis(ax.set_xticks, columns, rotation=90)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
+    return _done(fig, path)
+
+
+def direct_logit_attribution(result, path=None):
+    """Each head's direct effect (layers x heads, red negative, blue positive) beside each MLP's."""
+    values = np.concatenate([result.heads, result.mlps[:, None]], axis=1)  # [L, H + 1]
+    columns = [f"H{h}" for h in range(result.heads.shape[1])] + ["MLP"]
+    return _signed_map(values, [f"layer {i}" for i in range(len(values))], columns,
+                       f"direct logit attribution (total {result.total:+.3f})", "logit contribution", path)
+
+
+def head_ablation(result, path=None):
+    """The change in the target's log-probability when each head is ablated (layers x heads)."""
+    return _signed_map(result.effect, [f"layer {i}" for i in range(len(result.effect))],
+                       [f"H{h}" for h in range(result.effect.shape[1])],
+                       f"{result.mode}-ablation: change in log p({result.target_token!r})", "change", path)
+
+
+def patch(result, path=None):
+    """Activation patching results, layers x positions (or heads)."""
+    return _signed_map(result.values, [f"layer {i}" for i in range(len(result.values))], result.labels,
+                       f"patching {result.activation}: {result.metric}", "metric", path)

@@ -613,3 +613,7 @@ def hidden(model, prompt) -> Hidden:
     ids = prompt_ids(model.tokenizer, prompt)
     states = np.stack(model.forward(ids, output_hidden_states=True).hidden_states)[:, 0]  # [L + 1, T, C]
     return Hidden([model.tokenizer.token_text(i) for i in ids], ids, states)
+
+# issue 14: looking inside (hooks), in npgpt.interpret
+from .interpret import (ablation_hooks, direct_logit_attribution, head_ablation, logit_lens, patch,  # noqa: E402,F401
+                        patch_heads)

@@ -181,3 +181,67 @@ def hidden(result) -> str:
         name = "embeddings" if layer == 0 else f"layer {layer}"
         lines.append(f"{name:>12}" + "".join(f"{v:>10.2f}" for v in row))
     return "\n".join(lines + left_out(len(tokens), total, "tokens"))
+
+
+# ----------------------------------------------------------------------- issue 14: looking inside (npgpt.interpret)
+
+
+def _signed(value: float, top: float, width: int = 20) -> str:
+    """A bar for a value that may be negative: '-' bars to the left of '|', '+' to the right."""
+    length = bar(abs(value) / (top or 1.0), width)
+    return f"{length:>{width}}|" if value < 0 else f"{'':>{width}}|{length}"
+
+
+def logit_lens(lens, position: int = -1) -> str:
+    """Each layer's top tokens at one position (default the last), and the target's rank and probability."""
+    t = len(lens.tokens)
+    position %= t
+    head = f"logit lens at position {position} ({token(lens.tokens[position])})"
+    if lens.target is not None:
+        head += f", target rank and probability"
+    lines = [head]
+    width = max(len(label) for label in lens.labels)
+    for layer, label in enumerate(lens.labels):
+        tops = "  ".join(f"{token(tok)} {p:.1%}" for tok, p in zip(lens.top_tokens[layer][position],
+                                                                   lens.top_probs[layer, position]))
+        target = ""
+        if lens.target is not None:
+            target = f"#{lens.target_rank[layer, position] + 1:<6} {lens.target_prob[layer, position]:>7.2%}  "
+        lines.append(f"{label:<{width}}  {target}{tops}")
+    return "\n".join(lines)
+
+
+def direct_logit_attribution(result, most: int = 20) -> str:
+    """The parts with the largest direct effect on the logit (difference), signed bars, and their sum."""
+    parts = result.parts()
+    order = sorted(parts, key=lambda n: -abs(parts[n]))[:most]
+    top = max(abs(parts[n]) for n in order) if order else 1.0
+    what = f"logit of token {result.target}" + (f" - logit of token {result.baseline}" if result.baseline is not None
+                                                else "")
+    lines = [f"direct logit attribution of the {what} at position {result.position} "
+             f"({token(result.tokens[result.position])}): total {result.total:+.4f}"]
+    lines += [f"{name:>12}  {parts[name]:+9.4f}  {_signed(parts[name], top)}" for name in order]
+    return "\n".join(lines + left_out(len(order), len(parts), "parts (the largest first)"))
+
+
+def _matrix(values: np.ndarray, rows: list[str], columns: list[str], title: str) -> str:
+    """A signed matrix as numbers: rows by columns (at most MAX_COLUMNS columns)."""
+    columns = columns[:MAX_COLUMNS]
+    width = max(8, max(len(c) for c in columns) + 1)
+    lines = [title, f"{'':>8}" + "".join(f"{c[:width - 1]:>{width}}" for c in columns)]
+    for name, row in zip(rows, values):
+        lines.append(f"{name:>8}" + "".join(f"{v:>{width}.3f}" for v in row[:len(columns)]))
+    return "\n".join(lines + left_out(len(columns), values.shape[1], "columns"))
+
+
+def head_ablation(result) -> str:
+    return _matrix(result.effect, [f"layer {i}" for i in range(len(result.effect))],
+                   [f"head {h}" for h in range(result.effect.shape[1])],
+                   f"change in log p({token(result.target_token)}) when each head is {result.mode}-ablated "
+                   f"(without: {result.logprob:.4f})")
+
+
+def patch(result) -> str:
+    return _matrix(result.values, [f"layer {i}" for i in range(len(result.values))], result.labels,
+                   f"activation patching of {result.activation} by layer x {result.axis}: {result.metric} "
+                   f"(clean {result.clean_metric:.4f}, corrupted {result.corrupted_metric:.4f})")

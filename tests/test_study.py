@@ -470,6 +470,10 @@ def test_views_cap_what_a_terminal_cannot_show(micro):
 
 
 FIGURES = {  # each plots function, given what its study function returns
+    "logit_lens": lambda m: [study.logit_lens(m, "Hi there", target=" the")],
+    "direct_logit_attribution": lambda m: [study.direct_logit_attribution(m, "Hi there", " the")],
+    "head_ablation": lambda m: [study.head_ablation(m, "Hi there")],
+    "patch": lambda m: [study.patch(m, "Hi there", "Hi where")],
     "topk": lambda m: [study.topk(m, "Hi", k=5)],
     "trace": lambda m: [study.trace(m, "Hi", steps=3)],
     "attention": lambda m: [study.attention(m, "Hi there"), None, 0, 1, True],

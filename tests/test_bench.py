@@ -16,3 +16,12 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path):
                 "cold start to first token (s)", "peak RSS (MB)", "floor:", "x the floor"):
         assert row in out, row
     assert os.path.isfile(tmp_path / "quick" / "model.safetensors")
+
+
+def test_bench_products_runs_end_to_end_on_a_tiny_model():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "bench_products.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for way in ("x @ W", "x @ Wt.T", "K-split", "N-split", "stacked GEMV", "row by row"):
+        rows = [line for line in done.stdout.splitlines() if line.startswith(way + " ")]
+        assert len(rows) == 2, way  # a row in the blocks table and one in the head's

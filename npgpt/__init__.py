@@ -11,7 +11,7 @@ import os
 
 from . import hf_cache, hub
 from .config import PRESETS, GPT2Config
-from .errors import (ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
+from .errors import (BusyError, ConfigError, ContextLengthError, DistributionError, HubError, InputError, NpgptError,
                      PromptTruncatedWarning, SettingsError, TokenizerError, WeightsError)
 from .results import Completion, TokenCompletion
 from .model import GPT2, KVCache, Output
@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GPT2", "GPT2Config", "GenerationConfig", "KVCache", "Output", "Tokenizer", "Completion", "TokenCompletion", "load", "PRESETS",
     "NpgptError", "ConfigError", "WeightsError", "TokenizerError", "InputError", "ContextLengthError", "SettingsError",
-    "DistributionError", "HubError", "PromptTruncatedWarning", "__version__",
+    "DistributionError", "HubError", "BusyError", "PromptTruncatedWarning", "__version__",
 ]
 
 

@@ -42,5 +42,9 @@ class HubError(NpgptError):
     """A model that cannot be fetched: not found, unreachable, refused or corrupt."""
 
 
+class BusyError(NpgptError):
+    """The scheduler's queue is full (a server answers 429): try again later, or allow more waiting jobs."""
+
+
 class PromptTruncatedWarning(UserWarning):
     """truncate_prompt=True cut a prompt that did not fit the context: the message says what was kept."""

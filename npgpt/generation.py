@@ -42,7 +42,7 @@ def generate(model, prompt, **settings):
     """
     s = Settings.parse(model, settings)
     prompts, batched = split_prompts(prompt)
-    rows = _prompts(model, prompts, s)
+    rows = fit_prompts(model, prompts, s)
     per_prompt = beam_search(model, rows, s) if s.num_beams > 1 else _collect(model, rows, s)
     results = []
     for p, outputs in zip(prompts, per_prompt):
@@ -60,8 +60,8 @@ def stream_steps(model, prompt, **settings) -> Iterator[Step]:
     prompts, batched = split_prompts(prompt)
     if batched or s.n > 1 or s.num_beams > 1:
         raise SettingsError("streaming takes one prompt, n=1 and no beam search")
-    ids = _prompts(model, prompts, s)
-    rows = _new_rows(model, ids, s)
+    ids = fit_prompts(model, prompts, s)
+    rows = new_rows(model, ids, s)
     return (step for steps in _decode(model, ids, rows, s) for step in steps)
 
 
@@ -70,7 +70,7 @@ def stream_text(model, prompt, **settings) -> Iterator[str]:
     return (step.text for step in stream_steps(model, prompt, **settings) if step.text)
 
 
-def _prompts(model, prompts: list, s: Settings) -> list[list[int]]:
+def fit_prompts(model, prompts: list, s: Settings) -> list[list[int]]:
     """The prompts' ids, fitted to the context; fixes max_new_tokens when max_length was given."""
     ids = [prompt_ids(model.tokenizer, p, model.config.vocab_size) for p in _unmask(prompts, s.attention_mask)]
     s.fix_length(ids)
@@ -103,7 +103,7 @@ def _unmask(prompts: list, attention_mask) -> list:
 # ------------------------------------------------------------------------------------------- sampling and greedy
 
 
-def _new_rows(model, prompts: list[list[int]], s: Settings) -> list[Row]:
+def new_rows(model, prompts: list[list[int]], s: Settings) -> list[Row]:
     """n rows per prompt, each allowed max_new_tokens or what is left of the context (no limit but
     max_new_tokens with a sliding window)."""
     rows = []
@@ -119,7 +119,7 @@ def _new_rows(model, prompts: list[list[int]], s: Settings) -> list[Row]:
 
 def _collect(model, prompts: list[list[int]], s: Settings) -> list[list[Row]]:
     """Run the loop to the end; group the finished rows by prompt."""
-    rows = _new_rows(model, prompts, s)
+    rows = new_rows(model, prompts, s)
     for _ in _decode(model, prompts, rows, s):
         pass
     return [rows[i * s.n:(i + 1) * s.n] for i in range(len(prompts))]
@@ -148,17 +148,7 @@ def _decode(model, prompts: list[list[int]], rows: list[Row], s: Settings) -> It
     histories, ran = batch.tokens, False  # ran: logits come from a run() whose tokens are yet to be kept
     while True:
         emitted = verify(sampler, rules, histories, logits, drafts, rngs, q)  # per row: its new tokens
-        steps, still = [], []
-        for j, i in enumerate(active):
-            for position, token in enumerate(emitted[j]):
-                lp = _logprobs(tokenizer, logits[j, position], token, s.top_logprobs) if s.logprobs or \
-                    s.top_logprobs else None
-                text = rows[i].advance(token, lp, s.max_new_tokens, s.eos_ids)
-                steps.append(Step(token, text, rows[i].finish_reason, lp, i))
-                if rows[i].finish_reason is not None:
-                    break
-            if rows[i].finish_reason is None:
-                still.append(j)
+        steps, still = record(tokenizer, rows, active, emitted, logits, s)
         yield steps
         if not still:
             return
@@ -181,6 +171,24 @@ def _decode(model, prompts: list[list[int]], rows: list[Row], s: Settings) -> It
         histories = [np.append(tokens, f) for tokens, f in zip(batch.tokens, finals)]  # with the token to run
         drafts, q = drafter.propose(histories, budgets)
         logits, ran = batch.run([[f] + [int(d) for d in ds] for f, ds in zip(finals, drafts)]), True
+
+
+def record(tokenizer, rows: list[Row], active: list[int], emitted: list[list[int]], logits: np.ndarray,
+           s: Settings) -> tuple[list[Step], list[int]]:
+    """Give row active[j] its emitted tokens emitted[j] (chosen after logits [A, T, V]) until it finishes;
+    return the Steps, and the j of the rows still going."""
+    steps, still = [], []
+    for j, i in enumerate(active):
+        for position, token in enumerate(emitted[j]):
+            lp = _logprobs(tokenizer, logits[j, position], token, s.top_logprobs) if s.logprobs or \
+                s.top_logprobs else None
+            text = rows[i].advance(token, lp, s.max_new_tokens, s.eos_ids)
+            steps.append(Step(token, text, rows[i].finish_reason, lp, i))
+            if rows[i].finish_reason is not None:
+                break
+        if rows[i].finish_reason is None:
+            still.append(j)
+    return steps, still
 
 
 def drafter_for(model, s: Settings, prompts, origin, rules_for):

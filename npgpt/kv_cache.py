@@ -60,6 +60,26 @@ class KVCache:
             setattr(self, name, new)
 
 
+    def join(self, other: "KVCache", starts: tuple[int, int], capacity: int) -> int:
+        """Append other's rows after this cache's: each side's positions from starts[side] on, right-aligned on a
+        common length (what one side lacks on the left stays zero, to be masked as padding), in a cache of
+        `capacity` positions. Returns the common length."""
+        sides = [(self.keys, self.values, starts[0], self.length), (other.keys, other.values, starts[1], other.length)]
+        length = max(end - start for _, _, start, end in sides)
+        shape = (self.keys.shape[0], self.batch_size + other.batch_size) + self.keys.shape[2:3] + \
+            (max(capacity, length),) + self.keys.shape[4:]
+        check_fits(2 * 4 * math.prod(shape), f"a key/value cache of {shape[1]} rows x {shape[3]} positions",
+                   "use fewer rows or positions")
+        self.keys, self.values = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+        row = 0
+        for keys, values, start, end in sides:  # [L, b, H, S, D] each, right-aligned
+            rows, used = slice(row, row + keys.shape[1]), end - start
+            self.keys[:, rows, :, length - used:length] = keys[:, :, :, start:end]
+            self.values[:, rows, :, length - used:length] = values[:, :, :, start:end]
+            row += keys.shape[1]
+        self.length = length
+        return length
+
     def compact(self, keep: np.ndarray, capacity: int) -> np.ndarray:
         """Keep only the positions where keep [B, length] is True, each row's moved to the end of the filled
         part (earlier places become padding), in a cache of `capacity` positions. Returns the new padding mask

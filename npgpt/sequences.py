@@ -62,6 +62,21 @@ class Sequences:
         self.tokens = [self.tokens[r] for r in rows]
         self.mask, self.logits = self.mask[rows], self.logits[rows]
 
+    def join(self, other: "Sequences") -> None:
+        """Add the rows of another batch (prefilled on its own) after this one's: continuous batching. The two
+        caches are right-aligned on a common length and the positions a row lacks are masked out like padding,
+        so each row still gives what its prompt gives alone. Each row keeps its own tokens, so joined rows may
+        differ in length (`history` then does not apply). Positions that no row uses any more are dropped."""
+        starts = (_first_used(self.mask), _first_used(other.mask))
+        room = max(self.cache.capacity - self.cache.length, other.cache.capacity - other.cache.length)
+        widths = (self.mask.shape[1] - starts[0], other.mask.shape[1] - starts[1])
+        length = self.cache.join(other.cache, starts, max(widths) + room)
+        mask = np.zeros((len(self) + len(other), length), dtype=bool)
+        mask[:len(self), length - widths[0]:] = self.mask[:, starts[0]:]
+        mask[len(self):, length - widths[1]:] = other.mask[:, starts[1]:]
+        self.mask, self.logits = mask, np.concatenate([self.logits, other.logits])
+        self.tokens = self.tokens + other.tokens
+
     def extend(self, tokens: np.ndarray) -> None:
         """Append one token per row [B] and compute the next logits [B, V] (one position, read from the cache).
 
@@ -135,3 +150,8 @@ class Sequences:
         self.mask = mask.astype(bool)
         self.cache = self.model.new_cache(len(windows), capacity=ids.shape[1])  # full: the next step slides again
         self.logits = self.model.forward(ids, self.cache, attention_mask=self._mask(), last_only=True).logits[:, -1]
+
+
+def _first_used(mask: np.ndarray) -> int:
+    """The first position [S] of a mask [B, S] that some row uses."""
+    return int(np.argmax(mask.any(axis=0)))

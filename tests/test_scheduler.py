@@ -1,0 +1,166 @@
+"""Continuous batching (npgpt.scheduler): jobs join a running batch and leave it, and each gives exactly what
+model.generate gives with the same settings, whatever else is running."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from npgpt import BusyError, DistributionError, SettingsError
+from npgpt.scheduler import CANCELLED, Scheduler
+
+CASES = [
+    (["Hello, I am"], dict(max_new_tokens=12)),
+    (["The cat sat on the mat and then", "A"], dict(max_new_tokens=9, temperature=0.8, top_k=5, seed=3, n=2)),
+    ([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]], dict(max_new_tokens=20, temperature=1.0, seed=7, logprobs=True,
+                                                 top_logprobs=2)),
+    (["Once upon a time"], dict(max_new_tokens=15, repetition_penalty=1.3, min_new_tokens=5, presence_penalty=0.5,
+                                frequency_penalty=0.3, logit_bias={13: 5.0})),
+    (["x"], dict(max_new_tokens=0)),
+    (["Stop here please"], dict(max_new_tokens=30, stop=["e"], temperature=0.9, seed=1)),
+]
+
+
+@pytest.fixture
+def scheduler(tiny):
+    s = Scheduler(tiny[0], max_rows=6)
+    yield s
+    s.close()
+
+
+def ids_of(model, prompts):
+    return [model.tokenizer.encode(p) if isinstance(p, str) else p for p in prompts]
+
+
+def alone(model, prompts, settings):
+    """model.generate's results for a job, flattened prompt-major as a job's rows are."""
+    out = model.generate(prompts, **settings)
+    return [r for results in out for r in (results if settings.get("n", 1) > 1 else [results])]
+
+
+def assert_same(job, expected, settings):
+    got = [row.result(as_text=False) for row in job.wait(timeout=30)]
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert list(g) == list(e) and g.text == e.text and g.finish_reason == e.finish_reason
+        if settings.get("logprobs"):
+            assert [lp.token for lp in g.logprobs] == [lp.token for lp in e.logprobs]
+            np.testing.assert_allclose([lp.logprob for lp in g.logprobs], [lp.logprob for lp in e.logprobs],
+                                       atol=1e-5)
+            assert all(len(lp.top_logprobs) == 2 for lp in g.logprobs)
+
+
+def test_jobs_submitted_together_give_what_generate_gives_alone(tiny, scheduler):
+    model = tiny[0]
+    jobs = [(scheduler.submit(ids_of(model, p), s), alone(model, ids_of(model, p), s), s) for p, s in CASES]
+    scheduler.start()
+    for job, expected, settings in jobs:
+        assert_same(job, expected, settings)
+    # they ran side by side: about as many steps as the longest job, far fewer than one job after another
+    assert scheduler.steps_run <= 31 < sum(s["max_new_tokens"] for _, s in CASES)
+
+
+def test_a_job_joins_a_running_batch_and_leaves_it(tiny, scheduler):
+    model = tiny[0]
+    long_settings = dict(max_new_tokens=40, temperature=1.0, seed=11)
+    short_settings = dict(max_new_tokens=5, top_k=3, temperature=0.7, seed=2, n=2)
+    first = scheduler.start().submit(ids_of(model, ["A long one, that runs while others come"]), long_settings)
+    steps = first.steps(timeout=30)
+    for _ in range(10):  # the first job is under way
+        next(steps)
+    second = scheduler.submit(ids_of(model, ["Short, and later"]), short_settings)
+    assert_same(second, alone(model, ids_of(model, ["Short, and later"]), short_settings), short_settings)
+    assert scheduler.rows == 1 or first.done  # the short one left; the long one goes on
+    assert_same(first, alone(model, ids_of(model, ["A long one, that runs while others come"]), long_settings),
+                long_settings)
+    assert scheduler.steps_run < 40 + 5  # the second job ran inside the first one's steps
+
+
+def test_steps_stream_in_order_and_join_to_the_rows(tiny, scheduler):
+    model = tiny[0]
+    job = scheduler.start().submit(ids_of(model, ["Hello", "World"]), dict(max_new_tokens=6, n=2,
+                                                                          temperature=1.0, seed=5))
+    pieces = [[] for _ in job.rows]
+    for step in job.steps(timeout=30):
+        pieces[step.row].append(step.text)
+    assert ["".join(p) for p in pieces] == ["".join(row.pieces) for row in job.rows]
+    assert all(row.finish_reason == "length" for row in job.rows)
+
+
+def test_a_cancelled_job_leaves_at_the_next_step_and_the_others_go_on(tiny, scheduler):
+    model = tiny[0]
+    settings = dict(max_new_tokens=30)
+    keep = scheduler.submit(ids_of(model, ["Keep going"]), settings)
+    gone = scheduler.submit(ids_of(model, ["Stop soon"]), settings)
+    scheduler.start()
+    steps = gone.steps(timeout=30)
+    next(steps)
+    gone.cancel()
+    assert len(list(steps)) <= 2  # a step already chosen may still arrive
+    assert gone.done and gone.rows[0].finish_reason == CANCELLED and len(gone.rows[0].ids) < 30
+    assert_same(keep, alone(model, ids_of(model, ["Keep going"]), settings), settings)
+
+
+def test_a_failing_job_fails_alone(tiny, scheduler):
+    model = tiny[0]
+    impossible = dict(max_new_tokens=3, temperature=1.0, seed=0,
+                      logit_bias={i: -float("inf") for i in range(model.config.vocab_size)})
+    fine = dict(max_new_tokens=8)
+    bad = scheduler.submit(ids_of(model, ["Nothing can be drawn"]), impossible)
+    good = scheduler.submit(ids_of(model, ["Everything is fine"]), fine)
+    scheduler.start()
+    with pytest.raises(DistributionError):
+        bad.wait(timeout=30)
+    assert_same(good, alone(model, ids_of(model, ["Everything is fine"]), fine), fine)
+
+
+def test_bad_settings_fail_at_submit_and_a_full_queue_is_busy(tiny):
+    model = tiny[0]
+    s = Scheduler(model, max_waiting=1)
+    with pytest.raises(SettingsError, match="temperature"):
+        s.submit([[1, 2]], dict(temperature=-1))
+    with pytest.raises(SettingsError, match="beam"):
+        s.submit([[1, 2]], dict(num_beams=2))
+    s.submit([[1, 2]], dict(max_new_tokens=2))  # not started: it waits
+    with pytest.raises(BusyError, match="waiting"):
+        s.submit([[1, 2]], dict(max_new_tokens=2))
+    with pytest.raises(SettingsError, match="max_rows"):
+        Scheduler(model, max_rows=0)
+    s.close()
+
+
+def test_close_ends_waiting_jobs_with_an_error(tiny):
+    s = Scheduler(tiny[0])
+    job = s.submit([[1, 2, 3]], dict(max_new_tokens=5))
+    s.close()
+    with pytest.raises(BusyError, match="shutting down"):
+        job.wait(timeout=5)
+    with pytest.raises(BusyError):
+        s.submit([[1]], {})
+
+
+def test_many_clients_at_once(tiny):
+    """Threads submitting and reading at the same time, more jobs than rows: none lost or mixed up."""
+    model = tiny[0]
+    s = Scheduler(model, max_rows=4).start()
+    prompts = [f"Client number {i} says" for i in range(10)]
+    results, errors = {}, []
+
+    def client(i):
+        try:
+            settings = dict(max_new_tokens=4 + i % 5, temperature=1.0, seed=i)
+            job = s.submit(ids_of(model, [prompts[i]]), settings)
+            results[i] = ("".join(step.text for step in job.steps(timeout=60)), settings)
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    s.close()
+    assert not errors
+    for i, (text, settings) in results.items():
+        assert text == model.generate(prompts[i], **settings)
+    assert len(results) == 10

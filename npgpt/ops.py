@@ -66,8 +66,11 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 
 def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """x @ W + b with W stored [in, out], as GPT-2's Conv1D stores it. [..., in] -> [..., out]"""
-    y = x @ weight
+    """x @ W + b with W stored [in, out], as GPT-2's Conv1D stores it. [..., in] -> [..., out]
+
+    The rows are flattened into one matrix first: NumPy multiplies a stack [B, T, in] as B separate products,
+    which for a batch of single positions reads the whole weight matrix once per row instead of once."""
+    y = (x.reshape(-1, x.shape[-1]) @ weight).reshape(*x.shape[:-1], weight.shape[-1])
     if bias is not None:
         y += bias
     return y

@@ -175,36 +175,43 @@ class Scheduler:
                 self.running, self.batch = [], None
 
     def _admit(self) -> None:
-        """Prefill waiting jobs and join them to the batch, while their rows fit in max_rows (a job larger than
-        that runs once the batch is empty)."""
-        while True:
-            with self._wake:
-                if not self._waiting:
-                    return
+        """Prefill the waiting jobs whose rows fit in max_rows (a job larger than that runs once the batch is
+        empty), in one forward pass, and join them to the batch."""
+        jobs, rows = [], self.rows
+        with self._wake:
+            while self._waiting:
                 job = self._waiting[0]
-                if job._cancelled:
-                    self._waiting.popleft()
-                    job._finish()
-                    continue
-                if self.rows and self.rows + len(job.rows) > self.max_rows:
-                    return
+                if not job._cancelled and rows and rows + len(job.rows) > self.max_rows:
+                    break
                 self._waiting.popleft()
-            self._join(job)
+                if job._cancelled:
+                    job._finish()
+                elif any(row.finish_reason is None for row in job.rows):
+                    jobs.append(job)
+                    rows += len(job.rows)
+                else:  # nothing to generate (max_new_tokens=0)
+                    job._finish()
+        if jobs:
+            self._join(jobs)
 
-    def _join(self, job: Job) -> None:
-        active = [i for i, row in enumerate(job.rows) if row.finish_reason is None]
-        if not active:
-            job._finish()
-            return
-        s = job.settings
+    def _join(self, jobs: list[Job]) -> None:
+        """One prefill for the new jobs' prompts together (a batch gives each row what it gives alone), then
+        their rows join the running batch."""
+        prompts = [p for job in jobs for p in job.prompts]
         try:
-            prefilled = Sequences(self.model, job.prompts, new_tokens=max(row.limit for row in job.rows),
-                                  rows=len(job.rows))
-        except NpgptError as error:
-            job._finish(error)
+            prefilled = Sequences(self.model, prompts, new_tokens=max(row.limit for job in jobs for row in job.rows),
+                                  rows=sum(len(job.rows) for job in jobs))
+        except NpgptError as error:  # e.g. more rows than memory allows
+            for job in jobs:
+                job._finish(error)
             return
-        prefilled.select(np.repeat(np.arange(len(job.prompts)), s.n)[active])  # each prompt prefilled once
-        self.running.append(_Running(job, prefilled.prompt_length, active))
+        origin, first = [], 0  # the prompt each new batch row starts from
+        for job in jobs:
+            active = [i for i, row in enumerate(job.rows) if row.finish_reason is None]
+            origin += [first + i // job.settings.n for i in active]  # rows are n per prompt, prompt-major
+            first += len(job.prompts)
+            self.running.append(_Running(job, prefilled.prompt_length, active))
+        prefilled.select(origin)
         if self.batch is None:
             self.batch = prefilled
         else:

@@ -36,6 +36,16 @@ def non_negative_int(text: str) -> int:
 non_negative_int.__name__ = "integer"
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+positive_int.__name__ = "integer"
+
+
 def word_value(text: str) -> tuple[str, float]:
     word, sep, value = text.rpartition("=")
     if not sep or not word:
@@ -173,6 +183,19 @@ def build_parser() -> Parser:
                                              "a Ray cluster")
     batch.add_arguments(jobs)
     jobs.set_defaults(run=batch.run_command)
+
+    srv = commands.add_parser("serve", help="an OpenAI-compatible completions server (POST /v1/completions)")
+    add_model_arguments(srv)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
+    srv.add_argument("--port", type=non_negative_int, default=8000, help="port (8000; 0: any free port)")
+    srv.add_argument("--api-key", default=os.environ.get("NPGPT_API_KEY"),
+                     help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $NPGPT_API_KEY, else none)")
+    srv.add_argument("--served-model-name", metavar="NAME",
+                     help="the name clients give as \"model\" (default: --model as given)")
+    srv.add_argument("--max-rows", type=positive_int, default=16, help="rows decoded together at most (16)")
+    srv.add_argument("--max-waiting", type=positive_int, default=64,
+                     help="requests that may wait for a place before the server answers 429 (64)")
+    srv.set_defaults(run=run_serve)
 
     for experiment in EXPERIMENTS:
         add_experiment(commands, experiment)
@@ -458,6 +481,15 @@ def run_models(args) -> int:
         revisions = ", ".join(f"{'/'.join(refs) + ' ' if refs else ''}{commit[:10]}" for commit, refs in names.items())
         print(f"{m.repo_id:<40} {m.size / 1e6:>7.1f} MB  {revisions}")
     print(f"in {client.cache_dir}")
+    return 0
+
+
+def run_serve(args) -> int:
+    from . import server  # here: the server and its scheduler are imported only by this command
+
+    model = load_model(args)
+    server.serve(model, host=args.host, port=args.port, api_key=args.api_key or None, max_rows=args.max_rows,
+                 max_waiting=args.max_waiting, model_name=args.served_model_name or args.model)
     return 0
 
 

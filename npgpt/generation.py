@@ -180,7 +180,7 @@ def record(tokenizer, rows: list[Row], active: list[int], emitted: list[list[int
     steps, still = [], []
     for j, i in enumerate(active):
         for position, token in enumerate(emitted[j]):
-            lp = _logprobs(tokenizer, logits[j, position], token, s.top_logprobs) if s.logprobs or \
+            lp = token_logprob(tokenizer, logits[j, position], token, s.top_logprobs) if s.logprobs or \
                 s.top_logprobs else None
             text = rows[i].advance(token, lp, s.max_new_tokens, s.eos_ids)
             steps.append(Step(token, text, rows[i].finish_reason, lp, i))
@@ -200,7 +200,7 @@ def drafter_for(model, s: Settings, prompts, origin, rules_for):
     return None
 
 
-def _logprobs(tokenizer, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
+def token_logprob(tokenizer, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
     """A token's log-probability under the model's own distribution (logits [V]) and the top alternatives."""
     logp = ops.log_softmax(logits)  # [V]
     alternatives = []

@@ -323,6 +323,7 @@ class GPT2:
             hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
+        # one sgemm whatever the rows (slices as in ops.few_rows are slower for this [V, C] layout)
         logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(b, -1, self.lm_head.shape[0])  # [B, T, V]
         if self.lm_head_bias is not None:  # only a processed model (fold_ln) has one
             logits += self.lm_head_bias

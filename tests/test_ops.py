@@ -103,6 +103,20 @@ def test_linear_uses_the_conv1d_layout():
     np.testing.assert_allclose(ops.linear(x, w, b), np.einsum("bti,io->bto", x, w) + b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (2, 1), (1, 3), (4, 2), (8, 1), (3, 3), (2, 9)])
+@pytest.mark.parametrize("n_in", [7, 256, 600])
+def test_linear_gives_one_product_whatever_the_number_of_rows(shape, n_in):
+    """Few rows go by slices of the weight matrix (ops.few_rows), more in one product: the same numbers."""
+    x = rng.normal(size=shape + (n_in,)).astype(np.float32)
+    w = rng.normal(size=(n_in, 50)).astype(np.float32)
+    b = rng.normal(size=50).astype(np.float32)
+    want = (x.astype(np.float64) @ w.astype(np.float64) + b).astype(np.float32)
+    got = ops.linear(x, w, b)
+    assert got.shape == shape + (50,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ops.few_rows(x.reshape(-1, n_in), w) + b, want.reshape(-1, 50), rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("t, past", [(1, 0), (1, 37), (100, 0), (300, 0), (300, 50), (257, 3)])
 def test_causal_attention_in_blocks_equals_the_masked_whole(t, past):
     b, h, d = 2, 3, 8

@@ -60,19 +60,25 @@ def test_jobs_submitted_together_give_what_generate_gives_alone(tiny, scheduler)
     assert scheduler.steps_run <= 31 < sum(s["max_new_tokens"] for _, s in CASES)
 
 
-def test_a_job_joins_a_running_batch_and_leaves_it(tiny, scheduler):
+def test_a_job_joins_a_running_batch_and_leaves_it(tiny):
     model = tiny[0]
+    long_prompt, short_prompt = ids_of(model, ["A long one, that runs while others come"]), ids_of(model, ["Later"])
     long_settings = dict(max_new_tokens=40, temperature=1.0, seed=11)
-    short_settings = dict(max_new_tokens=5, top_k=3, temperature=0.7, seed=2, n=2)
-    first = scheduler.start().submit(ids_of(model, ["A long one, that runs while others come"]), long_settings)
-    steps = first.steps(timeout=30)
-    for _ in range(10):  # the first job is under way
-        next(steps)
-    second = scheduler.submit(ids_of(model, ["Short, and later"]), short_settings)
-    assert_same(second, alone(model, ids_of(model, ["Short, and later"]), short_settings), short_settings)
-    assert_same(first, alone(model, ids_of(model, ["A long one, that runs while others come"]), long_settings),
-                long_settings)
-    assert scheduler.steps_run < 40 + 5  # the second job ran inside the first one's steps
+    short_settings = dict(max_new_tokens=5, top_k=3, temperature=0.7, seed=2, n=2, presence_penalty=1.0)
+    s = Scheduler(model)  # not started: the test runs its loop by hand, one step at a time
+    first = s.submit(long_prompt, long_settings)
+    for _ in range(10):
+        s._admit()
+        s._step()
+    second = s.submit(short_prompt, short_settings)  # joins the running batch at the next step
+    rows_seen = []
+    while not first.done:
+        s._admit()
+        rows_seen.append(s.rows)
+        s._step()
+    assert rows_seen[:6] == [3, 3, 3, 3, 3, 1] and s.steps_run == 40  # joined, left, all within 40 steps
+    assert_same(second, alone(model, short_prompt, short_settings), short_settings)
+    assert_same(first, alone(model, long_prompt, long_settings), long_settings)
 
 
 def test_steps_stream_in_order_and_join_to_the_rows(tiny, scheduler):
@@ -86,18 +92,27 @@ def test_steps_stream_in_order_and_join_to_the_rows(tiny, scheduler):
     assert all(row.finish_reason == "length" for row in job.rows)
 
 
-def test_a_cancelled_job_leaves_at_the_next_step_and_the_others_go_on(tiny, scheduler):
+def test_a_cancelled_job_leaves_at_the_next_step_and_the_others_go_on(tiny):
     model = tiny[0]
     settings = dict(max_new_tokens=30)
-    keep = scheduler.submit(ids_of(model, ["Keep going"]), settings)
-    gone = scheduler.submit(ids_of(model, ["Stop soon"]), settings)
-    scheduler.start()
-    steps = gone.steps(timeout=30)
-    next(steps)
+    s = Scheduler(model)  # not started: the test runs its loop by hand, one step at a time
+    keep = s.submit(ids_of(model, ["Keep going"]), settings)
+    gone = s.submit(ids_of(model, ["Stop soon"]), settings)
+    s._admit()
+    s._step()
+    s._step()
+    assert s.rows == 2 and len(gone.rows[0].ids) == 2
     gone.cancel()
-    assert len(list(steps)) <= 2  # a step already chosen may still arrive
-    assert gone.done and gone.rows[0].finish_reason == CANCELLED and len(gone.rows[0].ids) < 30
+    s._step()
+    assert gone.done and gone.rows[0].finish_reason == CANCELLED and len(gone.rows[0].ids) == 2
+    assert s.rows == 1 and len(keep.rows[0].ids) == 3
+    while not keep.done:
+        s._step()
     assert_same(keep, alone(model, ids_of(model, ["Keep going"]), settings), settings)
+    waiting = s.submit(ids_of(model, ["Never run"]), settings)
+    waiting.cancel()  # cancelled while waiting: it never joins
+    s._admit()
+    assert waiting.done and s.rows == 0 and waiting.rows[0].ids == []
 
 
 def test_a_failing_job_fails_alone(tiny, scheduler):

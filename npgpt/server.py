@@ -158,6 +158,7 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = False
     block_on_close = True
+    request_queue_size = 128  # connections waiting to be accepted (socketserver's 5 resets a burst of clients)
 
     def __init__(self, address, app: Server):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET

@@ -26,24 +26,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def integer_from(low: int):
+    """An argparse type: an integer >= low (argparse names it "integer" in its errors)."""
+    def integer(text: str) -> int:
+        value = int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return integer
 
 
-non_negative_int.__name__ = "integer"
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-positive_int.__name__ = "integer"
+non_negative_int, positive_int = integer_from(0), integer_from(1)
 
 
 def word_value(text: str) -> tuple[str, float]:

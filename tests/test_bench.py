@@ -25,3 +25,11 @@ def test_bench_products_runs_end_to_end_on_a_tiny_model():
     for way in ("x @ W", "x @ Wt.T", "K-split", "N-split", "stacked GEMV", "row by row"):
         rows = [line for line in done.stdout.splitlines() if line.startswith(way + " ")]
         assert len(rows) == 2, way  # a row in the blocks table and one in the head's
+
+
+def test_load_runs_end_to_end_against_a_live_server():
+    """tools/load.py --quick: a server on 127.0.0.1, a few requests at 1 and 2 clients, every answer checked."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "load.py"), "--quick", "--no-transformers"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "lost requests: 0; answers differing from the request alone: 0" in done.stdout

@@ -57,6 +57,15 @@ def interleaved(functions: dict, runs: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
+def cpu_name() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it: figures are only comparable on one machine."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown CPU"
+
+
 def prompts(batch: int, length: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 50000, size=(batch, length))
 
@@ -275,7 +284,7 @@ def main(argv=None) -> int:
         ("peak RSS (MB)", "rss", "lower"),
     ]
     print(f"\nGPT-2 {config.n_layer} layers x {config.n_embd} ({config.parameter_count() / 1e6:.0f}M parameters, "
-          f"random weights, float32), {os.cpu_count()} cores, medians of {args.runs} interleaved run(s)\n")
+          f"random weights, float32), {os.cpu_count()} cores ({cpu_name()}), medians of {args.runs} interleaved run(s)\n")
     header = f"{'':38}" + "".join(f"{n:>14}" for n in names) + ("   npgpt / transformers" if len(names) > 1 else "")
     print(header)
     for label, key, better in rows:

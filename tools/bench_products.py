@@ -36,7 +36,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
+from bench import cpu_name  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 9, 16)
 
@@ -120,14 +122,6 @@ def main(argv=None) -> int:
                 cells.append(f"{seconds * 1e3:8.2f} ({seconds / base:4.1f}x)")
             print(f"{name:<14}" + "  ".join(cells))
     return 0
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

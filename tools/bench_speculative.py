@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
-from bench import interleaved  # noqa: E402
+from bench import cpu_name, interleaved  # noqa: E402
 
 NEW_TOKENS, LOOKUP, RUNS = 96, 10, 3
 GROUNDED = ("The committee met on Tuesday to review the budget. The chair said that the budget for the coming year "
@@ -177,14 +177,6 @@ def main(argv=None) -> int:
                 line += f"   {rate['npgpt'] / plain[workload]:.2f}x npgpt plain"
             print(line)
     return 0
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

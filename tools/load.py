@@ -34,7 +34,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
+from bench import cpu_name  # noqa: E402
 from npgpt import tokenizer as bpe  # noqa: E402
 
 HOST = "127.0.0.1"  # never anything else: this tool sends load to a server it started itself
@@ -222,14 +224,6 @@ def main(argv=None) -> int:
     mixed = sum(len(prompts) - r[c]["same"] for r in results.values() for c in levels)
     print(f"lost requests: {lost}; answers differing from the request alone: {mixed}")
     return 0 if lost == 0 and mixed == 0 else 1
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return "unknown CPU"
 
 
 if __name__ == "__main__":

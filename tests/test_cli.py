@@ -128,7 +128,8 @@ NOT_SETTINGS = {"-h", "--model", "--revision", "--quiet", "--no-echo",  # which 
 
 def parsed_settings(micro, flags, command="generate"):
     """The CLI's own path: parse the flags, turn them into keyword settings, then Settings.parse."""
-    from npgpt.cli import build_parser, decoding_settings, generation_settings
+    from npgpt.cli import build_parser
+    from npgpt.cli_args import decoding_settings, generation_settings
     from npgpt.settings import Settings
 
     args = build_parser().parse_args([command, PROMPT, *flags])

@@ -15,12 +15,12 @@ import numpy as np
 
 from . import study
 from .errors import NpgptError, SettingsError
+from .model import HEAD_ROWS
 from .prompts import left_pad
 from .settings import Settings
 
 BATCH_SIZE = 16  # rows of one unit
 BATCH_TOKENS = 512  # padded tokens of one unit (rows x width): bounds a worker's activations (see token_logprobs)
-HEAD_ROWS = 128  # positions whose logits [rows, V] are computed at once when scoring (as study.score)
 SCORE_FIELDS = {"id", "text", "window", "stride"}
 
 
@@ -272,7 +272,7 @@ def token_logprobs(model, rows: list[list[int]]) -> list[np.ndarray]:
     for start in range(0, len(targets), HEAD_ROWS):
         stop = min(start + HEAD_ROWS, len(targets))
         # the logits [n, V] live only during the call: never two of them at once
-        logprobs[start:stop] = chosen_logprobs(positions[start:stop] @ model.lm_head.T, targets[start:stop])
+        logprobs[start:stop] = chosen_logprobs(model.unembed(positions[start:stop]), targets[start:stop])
     return np.split(logprobs, np.cumsum([len(row) - 1 for row in rows])[:-1])
 
 

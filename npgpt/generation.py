@@ -202,10 +202,17 @@ def drafter_for(model, s: Settings, prompts, origin, rules_for):
 
 def token_logprob(tokenizer, logits: np.ndarray, token: int, top: int) -> TokenLogprob:
     """A token's log-probability under the model's own distribution (logits [V]) and the top alternatives."""
-    logp = ops.log_softmax(logits)  # [V]
-    alternatives = []
+    return token_logprobs(tokenizer, logits[None], [token], top)[0]
+
+
+def token_logprobs(tokenizer, logits: np.ndarray, tokens, top: int) -> list[TokenLogprob]:
+    """token_logprob for several positions at once: logits [N, V], tokens [N] (one log-softmax for all)."""
+    logp = ops.log_softmax(logits)  # [N, V]
+    chosen = logp[np.arange(len(tokens)), tokens]  # [N]
+    best = np.zeros((len(tokens), 0), np.int64)
     if top:
-        best = np.argpartition(-logp, top - 1)[:top]
-        best = best[np.argsort(-logp[best], kind="stable")]
-        alternatives = [Alternative(tokenizer.token_text(int(t)), int(t), float(logp[t])) for t in best]
-    return TokenLogprob(tokenizer.token_text(int(token)), int(token), float(logp[token]), alternatives)
+        best = np.argpartition(-logp, top - 1, axis=-1)[:, :top]  # [N, top], unordered
+        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(logp, best, -1), axis=-1, kind="stable"), -1)
+    text = tokenizer.token_text
+    return [TokenLogprob(text(int(t)), int(t), float(c), [Alternative(text(int(a)), int(a), float(lp[a])) for a in b])
+            for t, c, b, lp in zip(tokens, chosen, best, logp)]

@@ -20,9 +20,8 @@ forward pass per layer, the patches of every position (or head) as rows of one b
 
 from __future__ import annotations
 
-import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -81,11 +80,6 @@ def _layer_heads(model, heads) -> list[tuple[int, int]]:
     return pairs
 
 
-def _unembed(model, x: np.ndarray) -> np.ndarray:
-    """Logits of final-layer-normed vectors x [..., C] -> [..., V]."""
-    logits = x @ model.lm_head.T
-    return logits + model.lm_head_bias if model.lm_head_bias is not None else logits
-
 
 # ------------------------------------------------------------------------------------------------ logit lens
 
@@ -129,7 +123,7 @@ def logit_lens(model, prompt, target=None, k: int = 5) -> LogitLens:
     eps = model.config.layer_norm_epsilon
     top_ids, top_probs, ranks, probs = [], [], [], []
     for layer in resid:  # [T, C]: one layer at a time keeps [T, V] in memory, not [L + 1, T, V]
-        logits = _unembed(model, ops.layer_norm(layer, model.ln_f.weight, model.ln_f.bias, eps))  # [T, V]
+        logits = model.unembed(ops.layer_norm(layer, model.ln_f.weight, model.ln_f.bias, eps))  # [T, V]
         p = np.exp(ops.log_softmax(logits))  # [T, V]
         order = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # [T, k]
         top_ids.append(order)

@@ -59,12 +59,12 @@ class KVCache:
             new[:, :, :, :self.length] = old[:, rows, :, :self.length]
             setattr(self, name, new)
 
-
     def join(self, other: "KVCache", starts: tuple[int, int], capacity: int) -> int:
         """Append other's rows after this cache's: each side's positions from starts[side] on, right-aligned on a
         common length (what one side lacks on the left stays zero, to be masked as padding), in a cache of
         `capacity` positions. Returns the common length."""
-        sides = [(self.keys, self.values, starts[0], self.length), (other.keys, other.values, starts[1], other.length)]
+        sides = [(self.keys, self.values, starts[0], self.length),
+                 (other.keys, other.values, starts[1], other.length)]
         length = max(end - start for _, _, start, end in sides)
         shape = (self.keys.shape[0], self.batch_size + other.batch_size) + self.keys.shape[2:3] + \
             (max(capacity, length),) + self.keys.shape[4:]

@@ -28,6 +28,8 @@ from .settings import GenerationConfig, Settings
 from .tokenizer import Tokenizer
 from .weights import expected_shapes, find_checkpoint, load_weights, save_weights
 
+HEAD_ROWS = 128  # positions unembedded at once when every position's logits are needed (scoring, echo): 26 MB
+
 
 @dataclass
 class LayerNorm:
@@ -323,11 +325,16 @@ class GPT2:
             hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
-        # one sgemm whatever the rows (slices as in ops.few_rows are slower for this [V, C] layout)
-        logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(b, -1, self.lm_head.shape[0])  # [B, T, V]
+        return Output(self.unembed(x), hidden, attentions)  # logits [B, T, V]
+
+    def unembed(self, x: np.ndarray) -> np.ndarray:
+        """The output head: logits [..., V] of final-layer-normed vectors x [..., C] (x @ wte.T, the head being tied
+        to wte; a processed model's has a bias). One sgemm whatever the rows: slices as in ops.few_rows are slower
+        for the head's [V, C] layout."""
+        logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(*x.shape[:-1], self.lm_head.shape[0])
         if self.lm_head_bias is not None:  # only a processed model (fold_ln) has one
             logits += self.lm_head_bias
-        return Output(logits, hidden, attentions)
+        return logits
 
     # ------------------------------------------------------------------------- hooks and the activation cache
 

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ContextLengthError, InputError, NpgptError, SettingsError
-from .generation import token_logprob
+from .generation import token_logprobs
+from .model import HEAD_ROWS
 from .prompts import check_ids
 from .settings import MAX_TOP_LOGPROBS
 
@@ -348,9 +349,12 @@ def echo_prompt(model, ids: list[int], logprobs: int | None) -> Echo:
     pieces = [decoder.feed(t) for t in ids]
     pieces[-1] += decoder.flush()
     entries = None
-    if logprobs is not None:
-        logits = model.forward(np.asarray([ids]), last_only=False).logits[0]  # [T, V]
-        entries = [None] + [token_logprob(tokenizer, logits[i - 1], ids[i], logprobs) for i in range(1, len(ids))]
+    if logprobs is not None:  # the head over HEAD_ROWS positions at a time: never all T x V logits at once
+        hidden = model.forward(np.asarray([ids]), output_hidden_states=True, last_only=True).hidden_states[-1][0]
+        entries = [None]  # the first token has no logprob: nothing comes before it
+        for start in range(0, len(ids) - 1, HEAD_ROWS):
+            stop = min(start + HEAD_ROWS, len(ids) - 1)
+            entries += token_logprobs(tokenizer, model.unembed(hidden[start:stop]), ids[start + 1:stop + 1], logprobs)
     return Echo("".join(pieces), [tokenizer.token_text(t) for t in ids], pieces, entries)
 
 

@@ -18,8 +18,6 @@ import queue
 import threading
 from collections import deque
 
-import numpy as np
-
 from .errors import BusyError, NpgptError, SettingsError
 from .generation import fit_prompts, new_rows, record
 from .results import Row, Step

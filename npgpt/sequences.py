@@ -3,6 +3,7 @@ speculative decoding.
 
     prompts -> left-padded ids [B, T] -> one forward pass fills the cache -> logits of the last position [B, V]
     each step: select(rows) keeps, repeats or reorders rows; extend(tokens [B]) runs one position per row
+    continuous batching: join(other) adds another batch's rows, prefilled apart, to this one
     speculative steps: run(new) runs a few positions per row (the last token and its drafts) -> logits
     [B, T, V]; keep(counts) keeps each row's accepted ones (the others become holes, masked like padding)
 

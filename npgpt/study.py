@@ -10,6 +10,9 @@
     score        a text's perplexity with a sliding window (the standard evaluation)
     hidden       the residual stream after every layer (000)
 
+and, from npgpt.interpret (looking inside with hooks), logit_lens, direct_logit_attribution, head_ablation,
+ablation_hooks, patch and patch_heads, so that study holds every experiment.
+
 Each experiment has one name everywhere: study.NAME computes it, views.NAME shows it in a terminal,
 plots.NAME draws it, and `npgpt NAME` runs all three. Bad arguments are SettingsErrors naming the argument;
 decoding settings go through Settings.parse, the one path generate() takes too.
@@ -33,7 +36,9 @@ import numpy as np
 from . import display, ops, views
 from .config import PRESETS, GPT2Config
 from .errors import ContextLengthError, InputError, SettingsError
-from .model import GPT2
+from .interpret import (ablation_hooks, direct_logit_attribution, head_ablation, logit_lens, patch,  # noqa: F401
+                        patch_heads)
+from .model import GPT2, HEAD_ROWS
 from .progress import Progress, wanted
 from .prompts import prompt_ids
 from .sampling import apply, probabilities, row_generators
@@ -565,8 +570,8 @@ def _surprisal(model, ids: list[int], window: int, stride: int, bar: Progress):
         chunk = ids[begin:end]
         hidden = model.forward(chunk, output_hidden_states=True, last_only=True).hidden_states[-1][0]  # [T, C]
         first = max(scored_to, begin + 1)  # score tokens [first, end), predicted by positions before them
-        for rows in _batches(range(first - begin - 1, end - begin - 1), 128):
-            logits = hidden[rows] @ model.lm_head.T  # [n, V], 128 rows at a time to bound memory
+        for rows in _batches(range(first - begin - 1, end - begin - 1), HEAD_ROWS):
+            logits = model.unembed(hidden[rows])  # [n, V], HEAD_ROWS at a time to bound memory
             targets = np.array(chunk)[np.array(rows) + 1]
             yield -ops.log_softmax(logits)[np.arange(len(rows)), targets]
         bar.update(end - first)
@@ -613,7 +618,3 @@ def hidden(model, prompt) -> Hidden:
     ids = prompt_ids(model.tokenizer, prompt)
     states = np.stack(model.forward(ids, output_hidden_states=True).hidden_states)[:, 0]  # [L + 1, T, C]
     return Hidden([model.tokenizer.token_text(i) for i in ids], ids, states)
-
-# issue 14: looking inside (hooks), in npgpt.interpret
-from .interpret import (ablation_hooks, direct_logit_attribution, head_ablation, logit_lens, patch,  # noqa: E402,F401
-                        patch_heads)

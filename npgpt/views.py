@@ -198,7 +198,7 @@ def logit_lens(lens, position: int = -1) -> str:
     position %= t
     head = f"logit lens at position {position} ({token(lens.tokens[position])})"
     if lens.target is not None:
-        head += f", target rank and probability"
+        head += ", target rank and probability"
     lines = [head]
     width = max(len(label) for label in lens.labels)
     for layer, label in enumerate(lens.labels):

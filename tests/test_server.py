@@ -176,6 +176,22 @@ def test_max_tokens_0_with_echo_scores_the_prompt(client, model):
         assert list(top)[:2] == [model.tokenizer.token_text(int(t)) for t in best]
 
 
+def test_echo_logprobs_come_in_blocks_of_positions_with_the_same_numbers(model, monkeypatch):
+    """The prompt's logits are made HEAD_ROWS positions at a time (never all T x V at once): blocks of 3 here."""
+    from npgpt import openai_api
+
+    prompt_ids = ids(model, "The quick brown fox jumps over the lazy dog, and then it runs away")
+    whole = openai_api.echo_prompt(model, prompt_ids, 2)
+    monkeypatch.setattr(openai_api, "HEAD_ROWS", 3)
+    blocks = openai_api.echo_prompt(model, prompt_ids, 2)
+    expected = ops.log_softmax(model(prompt_ids))  # [T, V]
+    assert whole.logprobs[0] is None and blocks.logprobs[0] is None and len(blocks.logprobs) == len(prompt_ids)
+    for i, (a, b) in enumerate(zip(whole.logprobs[1:], blocks.logprobs[1:]), 1):
+        assert a.id == b.id == prompt_ids[i] and [x.id for x in a.top_logprobs] == [x.id for x in b.top_logprobs]
+        assert b.logprob == pytest.approx(float(expected[i - 1, prompt_ids[i]]), abs=1e-5)
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-6)
+
+
 def test_logprobs_are_generates(client, model):
     r = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0, logprobs=3)
     expected = model.generate(PROMPT, max_new_tokens=8, logprobs=True, top_logprobs=3)

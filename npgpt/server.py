@@ -461,11 +461,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_line(self) -> None:
         ms = (time.monotonic() - self.started) * 1000
-        tokens = f"{self.tokens['prompt_tokens']}+{self.tokens['completion_tokens']} tokens" if self.tokens \
-            else "- tokens"
+        tokens = f"{self.tokens['prompt_tokens']}+{self.tokens['completion_tokens']} tokens " if self.tokens else ""
         note = f" ({self.note})" if self.note else ""
         method, path = getattr(self, "command", None) or "-", getattr(self, "path", None) or "-"
-        self.app.log(f"npgpt serve: {self.client_address[0]} {method} {path} {self.status or '-'} {tokens} "
+        self.app.log(f"npgpt serve: {self.client_address[0]} {method} {path} {self.status or '-'} {tokens}"
                      f"{ms:.0f} ms{note}")
 
 

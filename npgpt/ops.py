@@ -65,7 +65,9 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
 
 
-FEW_ROWS = 8  # up to this many rows, linear() multiplies by slices (see few_rows)
+# Up to this many rows, linear() multiplies by slices (see few_rows); from 7-8 rows on, one sgemm is as fast or
+# faster: measured crossing points (tools/bench_products.py) were 6-7 rows on an AMD EPYC, 8-9 on an Intel Xeon.
+FEW_ROWS = 7
 SLICE = 256  # rows of the weight matrix per slice: 768 KB of a 768-wide matrix, well within a core's L2 cache
 
 
@@ -88,8 +90,8 @@ def few_rows(rows: np.ndarray, weight: np.ndarray) -> np.ndarray:
 
     A one-row product streams the weights once, but the general product (sgemm) of OpenBLAS, NumPy's BLAS, first
     copies the whole matrix into its own layout, which costs two to three one-row products however few the rows;
-    for 2-8 rows this way made decoding 1.05-1.4x faster on an Intel Xeon (AVX-512); tools/bench_products.py
-    measures every way on the machine at hand."""
+    for 2-7 rows this way made decoding 1.05-1.4x faster on an Intel Xeon (AVX-512) and an AMD EPYC;
+    tools/bench_products.py measures every way on the machine at hand."""
     out = np.zeros((len(rows), 1, weight.shape[1]), np.result_type(rows, weight))  # [N, 1, out]
     part = np.empty_like(out)
     stacked = rows[:, None, :]  # [N, 1, in]: matmul runs one GEMV per row, on the same slice

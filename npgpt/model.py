@@ -329,9 +329,8 @@ class GPT2:
 
     def unembed(self, x: np.ndarray) -> np.ndarray:
         """The output head: logits [..., V] of final-layer-normed vectors x [..., C] (x @ wte.T, the head being tied
-        to wte; a processed model's has a bias). One sgemm whatever the rows: slices as in ops.few_rows are slower
-        for the head's [V, C] layout."""
-        logits = (x.reshape(-1, x.shape[-1]) @ self.lm_head.T).reshape(*x.shape[:-1], self.lm_head.shape[0])
+        to wte; a processed model's has a bias), by ops.head_product."""
+        logits = ops.head_product(x.reshape(-1, x.shape[-1]), self.lm_head).reshape(*x.shape[:-1], -1)  # [..., V]
         if self.lm_head_bias is not None:  # only a processed model (fold_ln) has one
             logits += self.lm_head_bias
         return logits

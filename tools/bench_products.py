@@ -6,16 +6,23 @@
 A verify step of k drafted tokens and a decode step of a batch of k rows multiply k rows by every weight
 matrix. If that cost little more than one row (the weights read once), speculative decoding and batches would
 be nearly free. This prints, for m = 1..16 rows, the time of all 48 block products of one forward step and of
-the output head, for each way of computing them, and each over the one-row time of the current way:
+the output head, for each way of computing them, and each over the one-row time of the first way:
 
-- `x @ W`         one sgemm on the weights as stored ([in, out], Conv1D), what npgpt does;
+- `npgpt`         what npgpt does: ops.linear for the blocks (few_rows for 2-7 rows, one sgemm otherwise),
+                  ops.head_product for the head (slices of 2048 vocabulary rows for 2-32 rows);
+- `x @ W`         one sgemm on the weights as stored ([in, out], Conv1D);
 - `x @ Wt.T`      the same on a transposed copy ([out, in]); the head is stored this way (it is wte), so for
-                  the head this row is what npgpt does and `x @ W` uses a transposed copy;
+                  the head this row multiplies wte as stored and `x @ W` uses a transposed copy;
 - `K-split`       sgemm on slices of 128 input rows, summed: each slice of the weights fits in the L2 cache;
-- `N-split`       sgemm on slices of 512 output columns;
+- `N-split`       sgemm on slices of 512 output columns (for the head: of the transposed copy);
+- `vocab slices`  (head only) sgemm on slices of 2048 rows of wte as stored;
 - `stacked GEMV`  one matmul call per slice of 256 input rows that numpy runs as m one-row products (GEMV),
                   so that rows after the first find the slice in cache;
 - `row by row`    m one-row products (GEMV), each reading the whole matrix.
+
+Then the floors that the speed targets rest on, from the fastest way at each number of rows (blocks + head,
+attention and the rest left out, so real steps cost more): a verify step of 8 drafts (9 rows) over a 1-token
+step, and the tokens/s that batches of 8 and 16 rows could reach at most.
 
 Reading the result: a GEMV streams the weights once (the bandwidth floor); OpenBLAS's sgemm packs (copies and
 reorders) the weight matrix on every call, which costs two to three one-row products whatever the number of
@@ -39,8 +46,24 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
 from bench import cpu_name  # noqa: E402
+from npgpt import ops  # noqa: E402
 
 ROWS = (1, 2, 4, 8, 9, 16)
+
+
+def npgpt_blocks(x, w, wt):
+    return ops.linear(x, w)
+
+
+def npgpt_head(x, w, wt):
+    return ops.head_product(x, wt)
+
+
+def vocab_slices(x, w, wt, step=2048):
+    out = np.empty((x.shape[0], wt.shape[0]), np.float32)
+    for n in range(0, wt.shape[0], step):
+        np.matmul(x, wt[n:n + step].T, out=out[:, n:n + step])
+    return out
 
 
 def one_sgemm(x, w, wt):
@@ -79,8 +102,10 @@ def row_by_row(x, w, wt):
     return np.stack([row @ w for row in x])
 
 
-WAYS = {"x @ W": one_sgemm, "x @ Wt.T": transposed, "K-split": k_split, "N-split": n_split,
-        "stacked GEMV": stacked_gemv, "row by row": row_by_row}
+COMMON = {"x @ W": one_sgemm, "x @ Wt.T": transposed, "K-split": k_split, "N-split": n_split}
+GEMV = {"stacked GEMV": stacked_gemv, "row by row": row_by_row}
+WAYS = {"blocks": {"npgpt": npgpt_blocks, **COMMON, **GEMV},
+        "head": {"npgpt": npgpt_head, **COMMON, "vocab slices": vocab_slices, **GEMV}}
 
 
 def best_of(fn, runs: int) -> float:
@@ -109,18 +134,28 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     print(f"{len(blocks)} block products of a forward step and the head [{model.lm_head.shape[0]} x "
           f"{model.lm_head.shape[1]}], float32, {os.cpu_count()} cores ({cpu_name()}), best of {runs}; "
-          f"ms, and in brackets over the one-row `x @ W`")
+          f"ms, and in brackets over the one-row time of the first way")
+    best = {}  # (part, rows) -> (ms, way) of the fastest way
     for part, matrices in (("blocks", blocks), ("head", [head])):
         base = None
         print(f"\n{part:<14}" + "  ".join(f"{f'{m} rows':>16}" for m in ROWS))
-        for name, way in WAYS.items():
+        for name, way in WAYS[part].items():
             cells = []
             for m in ROWS:
                 x = rng.standard_normal((m, max(w.shape[0] for w, _ in matrices)), dtype=np.float32)
-                seconds = best_of(lambda: [way(x[:, :w.shape[0]], w, wt) for w, wt in matrices], runs)
-                base = seconds if base is None else base
-                cells.append(f"{seconds * 1e3:8.2f} ({seconds / base:4.1f}x)")
+                ms = best_of(lambda: [way(x[:, :w.shape[0]], w, wt) for w, wt in matrices], runs) * 1e3
+                base = ms if base is None else base
+                best[part, m] = min(best.get((part, m), (ms, name)), (ms, name))
+                cells.append(f"{ms:8.2f} ({ms / base:4.1f}x)")
             print(f"{name:<14}" + "  ".join(cells))
+    step = {m: best["blocks", m][0] + best["head", m][0] for m in ROWS}  # ms of a step's products, fastest ways
+    print(f"\nfloors from the fastest way at each size (products only; {cpu_name()}):")
+    print(f"  1 row: {step[1]:.1f} ms ({best['blocks', 1][1]}, {best['head', 1][1]})")
+    print(f"  verify step of 8 drafts (9 rows): {step[9]:.1f} ms = {step[9] / step[1]:.2f}x a 1-token step "
+          f"({best['blocks', 9][1]}, {best['head', 9][1]}); the target is <= 1.5x")
+    for m in (8, 16):
+        print(f"  batch {m}: {step[m]:.1f} ms a step, at most {m * 1e3 / step[m]:.0f} tokens/s = "
+              f"{m * step[1] / step[m]:.2f}x one row's rate ({best['blocks', m][1]}, {best['head', m][1]})")
     return 0
 
 

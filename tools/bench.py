@@ -192,6 +192,38 @@ def gemv_floor(model: npgpt.GPT2):
     return sum(w.nbytes for w in matrices) + head.nbytes, products
 
 
+def products(model: npgpt.GPT2, rows: int, head_rows: int):
+    """A function computing the products of one forward pass of `rows` rows the way npgpt does (ops.linear for
+    the 48 block products, ops.head_product for the head on `head_rows` rows), nothing else: a step cannot be
+    faster than this, so it bounds the tokens/s of a batch or a prefill on this machine's BLAS."""
+    from npgpt import ops
+
+    rng = np.random.default_rng(0)
+    matrices = [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
+                                                  b.mlp.c_proj.weight)]
+    inputs = [rng.standard_normal((rows, w.shape[0]), dtype=np.float32) for w in matrices]
+    final = rng.standard_normal((head_rows, model.lm_head.shape[1]), dtype=np.float32)
+
+    def run():
+        for x, w in zip(inputs, matrices):
+            ops.linear(x, w)
+        ops.head_product(final, model.lm_head)
+    return run
+
+
+def ceilings(model: npgpt.GPT2, results: dict, runs: int) -> None:
+    """What the products alone allow for decode batch BATCH and a prefill of PREFILL tokens, against
+    transformers' figures of the same run: a ratio below a target here means NumPy's BLAS cannot reach it."""
+    print(f"\nceilings from the products alone (npgpt's ways; attention and the rest excluded, so real runs are slower):")
+    for label, key, tokens, rows, head_rows in ((f"decode batch {BATCH}", f"decode_b{BATCH}", BATCH, BATCH, BATCH),
+                                                 (f"prefill {PREFILL} tokens", "prefill", PREFILL, PREFILL, 1)):
+        seconds = median_time(products(model, rows, head_rows), runs)
+        line = f"  {label}: {seconds * 1e3:.1f} ms -> at most {tokens / seconds:.0f} tokens/s"
+        if "transformers" in results:
+            line += f" = {tokens / seconds / results['transformers'][key]:.2f}x transformers"
+        print(line + f" (npgpt reached {results['npgpt'][key]:.0f})")
+
+
 def float16_probe() -> tuple[float, float]:
     """ms to convert one 768 x 3072 float16 matrix to float32, and ms to multiply a vector by it in float32."""
     w32 = np.random.default_rng(0).standard_normal((768, 3072)).astype(np.float32)
@@ -271,6 +303,7 @@ def main(argv=None) -> int:
     config = runners[0].model.config
     floor_bytes, floor = gemv_floor(runners[0].model)
     results = measure(runners, floor, args.runs)
+    model = runners[0].model
     del runners
     fresh_processes(names, model_dir, args.runs, results)
 
@@ -301,6 +334,7 @@ def main(argv=None) -> int:
     print(f"\nfloor: {floor_bytes / 1e6:.0f} MB of weights per decoded token / {floor_bytes / floor_seconds / 1e9:.1f} "
           f"GB/s (GEMV over the model's matrices, measured here) = {floor_ms:.1f} ms per token")
     print(f"npgpt decode batch 1: {per_token:.1f} ms per token = {per_token / floor_ms:.2f}x the floor")
+    ceilings(model, results, args.runs)
     convert, multiply = float16_probe()
     print(f"float16 weight store: converting a 768x3072 float16 matrix to float32 takes {convert:.2f} ms, "
           f"multiplying a vector by it in float32 {multiply:.3f} ms: NumPy has no fast float16 path, so a "

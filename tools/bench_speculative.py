@@ -32,7 +32,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
-from bench import cpu_name, interleaved  # noqa: E402
+from bench import cpu_name, interleaved, products  # noqa: E402
 
 NEW_TOKENS, LOOKUP, RUNS = 96, 10, 3
 GROUNDED = ("The committee met on Tuesday to review the budget. The chair said that the budget for the coming year "
@@ -66,6 +66,40 @@ def cost_curve(model, ks) -> dict[int, float]:
 
     seconds = interleaved({k: step(k) for k in [0, *ks]}, RUNS * 2)
     return seconds
+
+
+def transformers_cost_curve(runner, ks) -> dict[int, float]:
+    """The same for transformers: GPT2LMHeadModel on k + 1 positions after a 64-token DynamicCache, cropped back
+    to the prefix after each run."""
+    torch = runner.torch
+    with torch.inference_mode():
+        cache = runner.model(torch.arange(64)[None], use_cache=True).past_key_values
+
+    def step(k):
+        def run():
+            with torch.inference_mode():
+                runner.model(torch.arange(k + 1)[None] + 100, past_key_values=cache, use_cache=True)
+            cache.crop(-(k + 1))  # back to the prefix (a negative length removes that many positions)
+        return run
+
+    return interleaved({k: step(k) for k in [0, *ks]}, RUNS * 2)
+
+
+def print_cost_curves(model, runners, ks) -> None:
+    """npgpt's and transformers' verify steps in ms, and the products of k + 1 rows alone (npgpt's ways): with
+    the same drafts accepted, prompt lookup's ratio to transformers' is about the ratio of these step times, so
+    a products floor above transformers' step / 1.5 puts the 1.5x target out of NumPy's reach."""
+    curve = cost_curve(model, ks)
+    print("verify step of k drafts / 1-token step: " + "  ".join(f"k={k} {curve[k] / curve[0]:.2f}x" for k in ks))
+    theirs = transformers_cost_curve(runners[1], ks) if len(runners) > 1 else None
+    floor = {k: interleaved({"products": products(model, k + 1, k + 1)}, RUNS * 2)["products"] for k in [0, *ks]}
+    print(f"\n{'ms of a step of k drafts':26}{'npgpt':>10}{'products alone':>16}"
+          + (f"{'transformers':>14}{'transformers / npgpt':>22}" if theirs else ""))
+    for k in [0, *ks]:
+        line = f"{'k = ' + str(k):26}{curve[k] * 1e3:>10.1f}{floor[k] * 1e3:>16.1f}"
+        if theirs:
+            line += f"{theirs[k] * 1e3:>14.1f}{theirs[k] / curve[k]:>21.2f}x"
+        print(line)
 
 
 # ----------------------------------------------------------------------------------------------- decoding runs
@@ -154,9 +188,7 @@ def main(argv=None) -> int:
     print(f"\nGPT-2 {c.n_layer} x {c.n_embd} target, {runners[0].assistant.config.n_layer}-layer assistant, random "
           f"weights, float32, {os.cpu_count()} cores ({cpu_name()}), medians of {RUNS} interleaved runs\n")
 
-    ks = [1, 2, 4, 8, 12, 16]
-    curve = cost_curve(model, ks)
-    print("verify step of k drafts / 1-token step: " + "  ".join(f"k={k} {curve[k] / curve[0]:.2f}x" for k in ks))
+    print_cost_curves(model, runners, [1, 2, 4, 8, 12, 16])
 
     print(f"\n{'workload, method':36}" + "".join(f"{r.name + ' tok/s':>20}" for r in runners)
           + f"{'tokens/forward':>16}" + ("   npgpt / transformers" if len(runners) > 1 else ""))

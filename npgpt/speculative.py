@@ -96,9 +96,13 @@ class DraftLength:
 
 
 class PromptLookup:
-    """Drafts copied from the text itself: where the last n tokens (n = max_ngram .. 1) occurred before, most
-    recently, the tokens that followed them then. Costs no model call; pays off when the output repeats its
-    input (summaries, edits, questions about a given text)."""
+    """Drafts copied from the text itself: where the last n tokens (n = max_ngram .. 1) occurred before, the
+    tokens that followed them then. Costs no model call; pays off when the output repeats its input (summaries,
+    edits, questions about a given text).
+
+    Of several occurrences, the most recent one followed by a whole draft of k tokens; if none is, the earliest
+    (the longest draft there is). The most recent alone would cut drafts short where the text repeats itself:
+    in "a b a b a b", the last "a b" before the tail is followed by one token only."""
 
     def __init__(self, max_tokens: int, max_ngram: int = 2):
         self.length, self.max_ngram = DraftLength(max_tokens, start=max_tokens), max_ngram
@@ -113,7 +117,8 @@ class PromptLookup:
             windows = np.lib.stride_tricks.sliding_window_view(tokens[:-1], n)  # [S - n, n]: not the tail itself
             starts = np.flatnonzero((windows == tokens[-n:]).all(axis=1))
             if len(starts):
-                follow = starts[-1] + n  # the most recent occurrence
+                whole = starts[starts + n + k <= len(tokens)]  # occurrences followed by k tokens
+                follow = (whole[-1] if len(whole) else starts[0]) + n
                 return tokens[follow:follow + k]
         return tokens[:0]
 

@@ -146,6 +146,17 @@ def test_prompt_lookup_copies_what_followed_the_most_recent_match():
     assert lookup.propose([tokens], [1])[0][0].tolist() == [9]  # no drafts past the row's budget
 
 
+def test_prompt_lookup_prefers_a_match_followed_by_a_whole_draft():
+    """A text that repeats itself: the last "3 4" before the tail is followed by one token only; the one before
+    it by a whole draft. With no such match, the earliest gives the longest draft there is."""
+    lookup = PromptLookup(max_tokens=4, max_ngram=2)
+    looping = np.array([9, 3, 4, 3, 4, 3, 4, 3, 4])
+    assert lookup.propose([looping], [10])[0][0].tolist() == [3, 4, 3, 4]
+    short = np.array([1, 2, 7, 8, 1, 2, 5, 1, 2])  # "1 2" is followed by 7 8 1 2 (4 tokens) and by 5 1 2 (3)
+    assert lookup.propose([short], [10])[0][0].tolist() == [7, 8, 1, 2]
+    assert PromptLookup(max_tokens=5, max_ngram=2).propose([short], [10])[0][0].tolist() == [7, 8, 1, 2, 5]
+
+
 @pytest.mark.parametrize("settings, message", [
     ({"prompt_lookup_num_tokens": 0}, "prompt_lookup_num_tokens must be an integer >= 1"),
     ({"prompt_lookup_num_tokens": 500}, "at most 64"),

@@ -5,7 +5,8 @@
 
 Measures:
 - the cost curve: the time of a verify step of k drafted tokens (one forward pass of k + 1 new positions after
-  a 64-token prefix) over that of a 1-token step, k = 1..16;
+  a 64-token prefix) over that of a 1-token step, k = 1..16; then in ms, beside transformers' own step and the
+  products of k + 1 rows alone (the floor NumPy's BLAS sets for npgpt);
 - decode batch 8 and few-row products: what every verify step and batch rests on;
 - tokens/s and tokens per forward pass for plain greedy, prompt lookup and an assistant model, for npgpt and
   for transformers' own `prompt_lookup_num_tokens` / `assistant_model`, on two workloads: input-grounded (a

@@ -102,7 +102,7 @@ class PromptLookup:
 
     Of several occurrences, the most recent one followed by a whole draft of k tokens; if none is, the earliest
     (the longest draft there is). The most recent alone would cut drafts short where the text repeats itself:
-    in "a b a b a b", the last "a b" before the tail is followed by one token only."""
+    in "x x x x x", the last "x x" before the tail is followed by one token only, the first by three."""
 
     def __init__(self, max_tokens: int, max_ngram: int = 2):
         self.length, self.max_ngram = DraftLength(max_tokens, start=max_tokens), max_ngram

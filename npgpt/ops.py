@@ -110,7 +110,7 @@ def head_product(rows: np.ndarray, head: np.ndarray) -> np.ndarray:
 
     For 2-32 rows, one product per slice of 2048 vocabulary rows: sgemm copies the weights it multiplies into
     its own layout, and a slice's copy stays in cache where the whole head's (154 MB) does not; on an AMD EPYC
-    this made 2-16 rows 15-25% faster (tools/bench_products.py, "vocab slices"). One row (a GEMV, no copy) and
+    this made 2-16 rows 15-25% faster than one sgemm (tools/bench_products.py). One row (a GEMV, no copy) and
     many rows (where the copy is shared by enough work) go in one product."""
     if not 1 < len(rows) <= HEAD_ROWS_SLICED:
         return rows @ head.T

@@ -26,7 +26,6 @@ def test_bench_products_runs_end_to_end_on_a_tiny_model():
     for way in ("npgpt", "x @ W", "x @ Wt.T", "K-split", "N-split", "stacked GEMV", "row by row"):
         rows = [line for line in done.stdout.splitlines() if line.startswith(way + " ")]
         assert len(rows) == 2, way  # a row in the blocks table and one in the head's
-    assert sum(line.startswith("vocab slices ") for line in done.stdout.splitlines()) == 1  # the head's only
     for floor in ("1 row: ", "verify step of 8 drafts (9 rows): ", "batch 8: ", "batch 16: "):
         assert floor in done.stdout, floor
 

@@ -176,13 +176,18 @@ def run_child(code: str) -> tuple[float, float]:
 # ----------------------------------------------------------------------------------------------------- the floor
 
 
+def block_matrices(model: npgpt.GPT2) -> list[np.ndarray]:
+    """The 48 weight matrices of GPT-2 124M's blocks (four per block), as a forward step multiplies them."""
+    return [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
+                                              b.mlp.c_proj.weight)]
+
+
 def gemv_floor(model: npgpt.GPT2):
     """(bytes of weights one decoded token reads, a function reading them with BLAS matrix-vector products).
 
     The same matrices as a decode step (every block's four projections and the tied output head), one
     vector each, nothing else: the time no implementation on this machine can beat by much."""
-    matrices = [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
-                                                  b.mlp.c_proj.weight)]
+    matrices = block_matrices(model)
     head = model.lm_head.T
     vectors = [np.ones((1, w.shape[0]), np.float32) for w in matrices] + [np.ones((1, head.shape[0]), np.float32)]
 
@@ -199,8 +204,7 @@ def products(model: npgpt.GPT2, rows: int, head_rows: int):
     from npgpt import ops
 
     rng = np.random.default_rng(0)
-    matrices = [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
-                                                  b.mlp.c_proj.weight)]
+    matrices = block_matrices(model)
     inputs = [rng.standard_normal((rows, w.shape[0]), dtype=np.float32) for w in matrices]
     final = rng.standard_normal((head_rows, model.lm_head.shape[1]), dtype=np.float32)
 
@@ -214,7 +218,7 @@ def products(model: npgpt.GPT2, rows: int, head_rows: int):
 def ceilings(model: npgpt.GPT2, results: dict, runs: int) -> None:
     """What the products alone allow for decode batch BATCH and a prefill of PREFILL tokens, against
     transformers' figures of the same run: a ratio below a target here means NumPy's BLAS cannot reach it."""
-    print(f"\nceilings from the products alone (npgpt's ways; attention and the rest excluded, so real runs are slower):")
+    print("\nceilings from the products alone (npgpt's ways; attention and the rest excluded, so real runs are slower):")
     for label, key, tokens, rows, head_rows in ((f"decode batch {BATCH}", f"decode_b{BATCH}", BATCH, BATCH, BATCH),
                                                  (f"prefill {PREFILL} tokens", "prefill", PREFILL, PREFILL, 1)):
         seconds = median_time(products(model, rows, head_rows), runs)

@@ -9,13 +9,12 @@ be nearly free. This prints, for m = 1..16 rows, the time of all 48 block produc
 the output head, for each way of computing them, and each over the one-row time of the first way:
 
 - `npgpt`         what npgpt does: ops.linear for the blocks (few_rows for 2-7 rows, one sgemm otherwise),
-                  ops.head_product for the head (slices of 2048 vocabulary rows for 2-32 rows);
+                  ops.head_product for the head (sgemm on slices of 2048 rows of wte as stored, for 2-32 rows);
 - `x @ W`         one sgemm on the weights as stored ([in, out], Conv1D);
 - `x @ Wt.T`      the same on a transposed copy ([out, in]); the head is stored this way (it is wte), so for
                   the head this row multiplies wte as stored and `x @ W` uses a transposed copy;
 - `K-split`       sgemm on slices of 128 input rows, summed: each slice of the weights fits in the L2 cache;
 - `N-split`       sgemm on slices of 512 output columns (for the head: of the transposed copy);
-- `vocab slices`  (head only) sgemm on slices of 2048 rows of wte as stored;
 - `stacked GEMV`  one matmul call per slice of 256 input rows that numpy runs as m one-row products (GEMV),
                   so that rows after the first find the slice in cache;
 - `row by row`    m one-row products (GEMV), each reading the whole matrix.
@@ -59,13 +58,6 @@ def npgpt_head(x, w, wt):
     return ops.head_product(x, wt)
 
 
-def vocab_slices(x, w, wt, step=2048):
-    out = np.empty((x.shape[0], wt.shape[0]), np.float32)
-    for n in range(0, wt.shape[0], step):
-        np.matmul(x, wt[n:n + step].T, out=out[:, n:n + step])
-    return out
-
-
 def one_sgemm(x, w, wt):
     return x @ w
 
@@ -102,10 +94,9 @@ def row_by_row(x, w, wt):
     return np.stack([row @ w for row in x])
 
 
-COMMON = {"x @ W": one_sgemm, "x @ Wt.T": transposed, "K-split": k_split, "N-split": n_split}
-GEMV = {"stacked GEMV": stacked_gemv, "row by row": row_by_row}
-WAYS = {"blocks": {"npgpt": npgpt_blocks, **COMMON, **GEMV},
-        "head": {"npgpt": npgpt_head, **COMMON, "vocab slices": vocab_slices, **GEMV}}
+OTHER_WAYS = {"x @ W": one_sgemm, "x @ Wt.T": transposed, "K-split": k_split, "N-split": n_split,
+              "stacked GEMV": stacked_gemv, "row by row": row_by_row}
+WAYS = {"blocks": {"npgpt": npgpt_blocks, **OTHER_WAYS}, "head": {"npgpt": npgpt_head, **OTHER_WAYS}}
 
 
 def best_of(fn, runs: int) -> float:

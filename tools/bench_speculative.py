@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -33,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
-from bench import cpu_name, interleaved, products  # noqa: E402
+from bench import cpu_name, interleaved, median_time, products  # noqa: E402
 
 NEW_TOKENS, LOOKUP, RUNS = 96, 10, 3
 GROUNDED = ("The committee met on Tuesday to review the budget. The chair said that the budget for the coming year "
@@ -93,7 +91,7 @@ def print_cost_curves(model, runners, ks) -> None:
     curve = cost_curve(model, ks)
     print("verify step of k drafts / 1-token step: " + "  ".join(f"k={k} {curve[k] / curve[0]:.2f}x" for k in ks))
     theirs = transformers_cost_curve(runners[1], ks) if len(runners) > 1 else None
-    floor = {k: interleaved({"products": products(model, k + 1, k + 1)}, RUNS * 2)["products"] for k in [0, *ks]}
+    floor = {k: median_time(products(model, k + 1, k + 1), RUNS * 2) for k in [0, *ks]}
     print(f"\n{'ms of a step of k drafts':26}{'npgpt':>10}{'products alone':>16}"
           + (f"{'transformers':>14}{'transformers / npgpt':>22}" if theirs else ""))
     for k in [0, *ks]:

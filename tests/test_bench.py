@@ -14,7 +14,8 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path):
     out = done.stdout
     for row in ("decode batch 1 (tokens/s)", "prefill 64 tokens (tokens/s)", "ms per token at position ~892",
                 "cold start to first token (s)", "peak RSS (MB)", "floor:", "x the floor",
-                "ceilings from the products alone", "decode batch 4: ", "prefill 64 tokens: "):
+                "ceilings from the products alone", "decode batch 4: ", "prefill 64 tokens: ",
+                "prefill 64 tokens with its exp and tanh: "):
         assert row in out, row
     assert os.path.isfile(tmp_path / "quick" / "model.safetensors")
 

@@ -14,7 +14,8 @@ import sys
 
 from . import __version__, batch, hub, load, plots
 from .cli_args import (GENERATE_BAR, Parser, add_decoding_arguments, add_model_arguments, early_stopping,
-                       generation_settings, load_model, non_negative_int, positive_int, progress_setting)
+                       generation_settings, load_model, non_negative_int, port_number, positive_int,
+                       progress_setting)
 from .cli_study import EXPERIMENTS, add_experiment
 from .errors import NpgptError
 from .progress import Progress, wanted
@@ -67,7 +68,7 @@ def build_parser() -> Parser:
     srv = commands.add_parser("serve", help="an OpenAI-compatible completions server (POST /v1/completions)")
     add_model_arguments(srv)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1: this machine only)")
-    srv.add_argument("--port", type=non_negative_int, default=8000, help="port (8000; 0: any free port)")
+    srv.add_argument("--port", type=port_number, default=8000, help="port (8000; 0: any free port)")
     srv.add_argument("--api-key", default=os.environ.get("NPGPT_API_KEY"),
                      help="require 'Authorization: Bearer KEY' on /v1/ routes (default: $NPGPT_API_KEY, else none)")
     srv.add_argument("--served-model-name", metavar="NAME",

@@ -16,17 +16,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def integer_from(low: int):
-    """An argparse type: an integer >= low (argparse names it "integer" in its errors)."""
+def integer_from(low: int, high: int | None = None):
+    """An argparse type: an integer >= low, and <= high if given (argparse names it "integer" in its errors)."""
     def integer(text: str) -> int:
         value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}" if high is None
+                                             else f"must be from {low} to {high}, got {value}")
         return value
     return integer
 
 
-non_negative_int, positive_int = integer_from(0), integer_from(1)
+non_negative_int, positive_int, port_number = integer_from(0), integer_from(1), integer_from(0, 65535)
 
 
 def word_value(text: str) -> tuple[str, float]:

@@ -30,7 +30,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 from . import __version__, openai_api
-from .errors import BusyError, NpgptError
+from .errors import BusyError, NpgptError, SettingsError
 from .openai_api import ApiError, error_body
 from .scheduler import Scheduler
 
@@ -58,6 +58,8 @@ class Server:
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  model_name: str | None = None, scheduler=None, max_rows: int = 16, max_waiting: int = 64,
                  max_body: int = MAX_BODY, log=None):
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise SettingsError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
         self.model, self.api_key, self.max_body, self._log = model, api_key, max_body, log
         self.model_name = model_name or model.name or "gpt2"
         self.created = int(time.time())

@@ -89,6 +89,8 @@ def test_bad_arguments_are_one_line(micro_dir):
     assert "temperature" in line
     one_line_error(npgpt("frobnicate"), code=2)
     one_line_error(npgpt(), code=2)
+    line = one_line_error(npgpt("serve", "--model", micro_dir, "--port", "99999"), code=2)
+    assert "--port" in line and "from 0 to 65535" in line
 
 
 # Every flag of `npgpt generate` that shapes what is generated, with the rule or setting it must reach.

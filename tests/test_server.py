@@ -19,7 +19,7 @@ import pytest
 
 import npgpt
 from npgpt import ops
-from npgpt.errors import BusyError, DistributionError
+from npgpt.errors import BusyError, DistributionError, NpgptError, SettingsError
 from npgpt.scheduler import CANCELLED, Scheduler
 from npgpt.server import MAX_BODY, Server, is_loopback
 
@@ -552,6 +552,15 @@ def test_close_ends_idle_connections_and_joins_threads(model):
 
 
 # ----------------------------------------------------------------------------------------------- the command
+
+
+def test_a_port_that_cannot_be_used_is_one_clear_error(model):
+    for port in (-1, 70000, "8000", True):
+        with pytest.raises(SettingsError, match="port must be an integer from 0 to 65535"):
+            Server(model, port=port, log=Log())
+    with Server(model, port=0, log=Log()) as taken:
+        with pytest.raises(NpgptError, match=f"cannot listen on 127.0.0.1:{taken.port}"):
+            Server(model, port=taken.port, log=Log())
 
 
 def test_loopback_addresses():

@@ -177,7 +177,7 @@ def run_child(code: str) -> tuple[float, float]:
 
 
 def block_matrices(model: npgpt.GPT2) -> list[np.ndarray]:
-    """The 48 weight matrices of GPT-2 124M's blocks (four per block), as a forward step multiplies them."""
+    """Every block's four weight matrices (48 for GPT-2 124M), in the order a forward step multiplies them."""
     return [w for b in model.blocks for w in (b.attn.c_attn.weight, b.attn.c_proj.weight, b.mlp.c_fc.weight,
                                               b.mlp.c_proj.weight)]
 
@@ -199,7 +199,7 @@ def gemv_floor(model: npgpt.GPT2):
 
 def products(model: npgpt.GPT2, rows: int, head_rows: int, last_rows: int | None = None):
     """A function computing the products of one forward pass of `rows` rows the way npgpt does (ops.linear for
-    the 48 block products, ops.head_product for the head on `head_rows` rows), nothing else: a step cannot be
+    the block products, ops.head_product for the head on `head_rows` rows), nothing else: a step cannot be
     faster than this, so it bounds the tokens/s of a batch or a prefill on this machine's BLAS.
 
     last_rows: rows of the last block's attention projection and MLP (a prefill that wants only the last
@@ -223,8 +223,8 @@ def transcendentals(config: npgpt.GPT2Config, tokens: int):
     """A function evaluating only the exp and tanh that a prefill of `tokens` tokens needs at the least: exp of
     every score a causal softmax keeps (n_head x tokens (tokens + 1) / 2 a block, the last block's last query
     only), tanh of every GELU input (tokens x 4 n_embd a block, one row in the last). NumPy evaluates them
-    an element at a time (about 1.4 ns each on the AMD EPYC, where a product is 0.1), so they bound a prefill
-    as the products do."""
+    an element at a time (about 1.4 ns each on the AMD EPYC, where a multiply takes 0.1 ns), so they bound a
+    prefill as the products do."""
     rng = np.random.default_rng(0)
     scores = -np.abs(rng.standard_normal(config.n_head * tokens * (tokens + 1) // 2, dtype=np.float32))
     gelu_in = rng.standard_normal(tokens * 4 * config.n_embd, dtype=np.float32)
@@ -243,7 +243,8 @@ def ceilings(model: npgpt.GPT2, results: dict, runs: int) -> None:
     """What the products alone allow for decode batch BATCH and a prefill of PREFILL tokens, and for the prefill
     the products with the exp and tanh it cannot do without, against transformers' figures of the same run: a
     ratio below a target here means NumPy cannot reach it."""
-    print("\nceilings from the products alone (npgpt's ways; attention and the rest excluded, so real runs are slower):")
+    print("\nceilings from the products alone (npgpt's ways), and for the prefill with its exp and tanh; attention's "
+          "products, the other passes and LayerNorm excluded, so real runs are slower:")
     prefill_products = median_time(products(model, PREFILL, 1, last_rows=1), runs)
     for label, key, tokens, seconds in (
             (f"decode batch {BATCH}", f"decode_b{BATCH}", BATCH,

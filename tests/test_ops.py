@@ -88,6 +88,14 @@ def test_attention_over_all_heads_equals_one_head_at_a_time(past):
     assert out.dtype == np.float32 and probs.dtype == np.float32
 
 
+def test_a_mask_of_the_last_keys_leaves_the_keys_before_visible():
+    q, k, v = (rng.normal(size=(2, 3, 4, 8)).astype(np.float32) for _ in range(3))
+    k, v = (np.concatenate([a, a[:, :, :2] + 1], axis=2) for a in (k, v))  # 6 keys, 2 of them before the queries'
+    whole, narrow = ops.attention(q, k, v, ops.causal_allowed(4, 2)), ops.attention(q, k, v, ops.causal_allowed(4))
+    np.testing.assert_array_equal(whole[0], narrow[0])
+    np.testing.assert_array_equal(whole[1], narrow[1])
+
+
 def test_a_query_with_every_key_masked_gives_a_finite_uniform_row():
     q = k = v = np.ones((1, 1, 2, 4), np.float32)
     allowed = np.array([[False, False], [True, True]])[None, None]
@@ -128,15 +136,19 @@ def test_head_product_by_vocabulary_slices_is_the_whole_product(n, vocab):
     np.testing.assert_allclose(got, (x.astype(np.float64) @ head.T.astype(np.float64)), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("t, past", [(1, 0), (1, 37), (100, 0), (300, 0), (300, 50), (257, 3)])
-def test_causal_attention_in_blocks_equals_the_masked_whole(t, past):
+def test_causal_attention_in_blocks_equals_the_masked_whole(t, past, padded):
+    """In blocks of queries, on heads split across the cores when there are many (ops.causal_attention), with
+    the diagonal square alone masked when nothing is padded (ops.block_mask): what one masked product gives."""
     b, h, d = 2, 3, 8
     q = rng.normal(size=(b, h, t, d)).astype(np.float32)
     k = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
     v = rng.normal(size=(b, h, past + t, d)).astype(np.float32)
     keys = np.ones((b, 1, 1, past + t), bool)
-    keys[1, ..., :5] = False  # row 1 is left-padded
+    keys[1, ..., :5 if padded else 0] = False  # row 1 is left-padded, or not
     want_out, want_probs = ops.attention(q, k, v, ops.causal_allowed(t, past) & keys)
+    keys = keys if padded else None
     out, probs = ops.causal_attention(q, k, v, keys, block=64)
     np.testing.assert_allclose(out[:, :, 5:], want_out[:, :, 5:], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probs[:, :, 5:], want_probs[:, :, 5:], rtol=1e-5, atol=1e-6)

@@ -222,20 +222,25 @@ def products(model: npgpt.GPT2, rows: int, head_rows: int, last_rows: int | None
 def transcendentals(config: npgpt.GPT2Config, tokens: int):
     """A function evaluating only the exp and tanh that a prefill of `tokens` tokens needs at the least: exp of
     every score a causal softmax keeps (n_head x tokens (tokens + 1) / 2 a block, the last block's last query
-    only), tanh of every GELU input (tokens x 4 n_embd a block, one row in the last). NumPy evaluates them
-    an element at a time (about 1.4 ns each on the AMD EPYC, where a multiply takes 0.1 ns), so they bound a
-    prefill as the products do."""
+    only), tanh of every GELU input (tokens x 4 n_embd a block, one row in the last). NumPy evaluates them an
+    element at a time (about 1.4 ns each on the AMD EPYC, where a multiply takes 0.1 ns), so they bound a
+    prefill as the products do; split across the cores as npgpt splits a prefill (npgpt.cores)."""
+    from npgpt import cores
+
     rng = np.random.default_rng(0)
     scores = -np.abs(rng.standard_normal(config.n_head * tokens * (tokens + 1) // 2, dtype=np.float32))
     gelu_in = rng.standard_normal(tokens * 4 * config.n_embd, dtype=np.float32)
     last = (config.n_head * tokens, 4 * config.n_embd)  # the last block: one query, one MLP row
     out = (np.empty_like(scores), np.empty_like(gelu_in))
 
+    def evaluate(f, x, y, n):
+        cores.split(lambda lo, hi: f(x[lo:hi], out=y[lo:hi]), n)
+
     def run():
         for layer in range(config.n_layer):
-            s, g = (None, None) if layer < config.n_layer - 1 else last
-            np.exp(scores[:s], out=out[0][:s])
-            np.tanh(gelu_in[:g], out=out[1][:g])
+            s, g = (len(scores), len(gelu_in)) if layer < config.n_layer - 1 else last
+            evaluate(np.exp, scores, out[0], s)
+            evaluate(np.tanh, gelu_in, out[1], g)
     return run
 
 

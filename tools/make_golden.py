@@ -16,7 +16,7 @@ transformers' logits processors and warpers (and a chain of them in generate's o
 directory's generate.safetensors holds generate() outputs with decoding rules and with beam search.
 
 Issue 10: tests/golden/long/ is a GPT-2 with a 320-token context, and its expected.safetensors what transformers
-computes on a 300-token prompt (npgpt takes attention in blocks of 128 queries beyond 128 tokens): logits, every
+computes on a 300-token prompt (npgpt takes attention in blocks of 64 queries beyond 64 tokens): logits, every
 layer's attention probabilities and hidden states at chosen positions, one layer's hidden states at every
 position, and greedy continuations through the cache of the prompt alone and of a left-padded batch.
 tests/golden/processors_vocab.safetensors: the rules on 200 rows of full-vocabulary logits of the tiny model
@@ -53,7 +53,7 @@ TINY = dict(vocab_size=50257, n_positions=64, n_embd=16, n_head=2, n_layer=2)
 # Long enough for a 300-token prompt and its continuation; no causal-mask buffers in its checkpoint (320 x 320
 # per layer would be most of its bytes).
 LONG = dict(vocab_size=500, n_positions=320, n_embd=32, n_head=4, n_layer=2, bos_token_id=499, eos_token_id=499)
-LONG_PROMPT = 300  # > 2 blocks of 128 queries, not a multiple of 128
+LONG_PROMPT = 300  # > 4 blocks of 64 queries, not a multiple of 64
 LONG_SHORT = 37  # the other row of the left-padded batch
 # The positions whose logits, attention rows and hidden states are kept: both ends of each block of 128.
 LONG_ROWS = [0, 1, 63, 126, 127, 128, 129, 191, 254, 255, 256, 257, 280, 297, 298, 299]

@@ -1,7 +1,7 @@
 """Make the hook, weight-processing and patching goldens (issue 14) from TransformerLens itself.
 
 For the golden checkpoints small (3 blocks, 1000 tokens), tiny (the real 50257-token vocabulary) and long (a
-320-token context: a 150-token prompt takes npgpt's attention in blocks of 128 queries), a HookedTransformer is
+320-token context: a 150-token prompt takes npgpt's attention in blocks of 64 queries), a HookedTransformer is
 built on the same weights, offline: its HookedTransformerConfig is written by hand from config.json (from_pretrained
 would look the model up on the hub) and the weights are converted by TransformerLens's own GPT-2 conversion
 (transformer_lens.pretrained.weight_conversions.convert_gpt2_weights) from transformers' GPT2LMHeadModel loaded

@@ -71,15 +71,17 @@ def test_one_core_or_a_part_is_not_split_again(monkeypatch):
 
 
 @needs_openblas
-def test_operations_on_many_rows_give_what_the_whole_gives(three_parts):
+def test_operations_on_many_rows_give_what_the_whole_gives(three_parts, monkeypatch):
+    splits = []  # the n of each split: GELU's rows, the products' blocks of columns, attention's heads
+    monkeypatch.setattr(cores, "split", lambda fn, n, split=cores.split: (splits.append(n), split(fn, n))[1])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 50, 96), dtype=np.float32)  # 100 rows >= MANY_ROWS: split
-    w, b = rng.standard_normal((96, 40), dtype=np.float32), rng.standard_normal(40, dtype=np.float32)
     assert len(x.reshape(-1, 96)) >= cores.MANY_ROWS
     np.testing.assert_array_equal(ops.gelu(x), ops.gelu.__wrapped__(x))  # elementwise: the same bits
-    y = ops.linear(x, w, b)
-    assert y.shape == (2, 50, 40) and y.dtype == np.float32
-    np.testing.assert_allclose(y, ops.linear.__wrapped__(x, w, b), rtol=1e-5, atol=1e-5)
+    w, b = rng.standard_normal((96, 200), dtype=np.float32), rng.standard_normal(200, dtype=np.float32)
+    y = ops.linear(x, w, b)  # 200 columns: parts of 64, 64 and 72 columns
+    assert y.shape == (2, 50, 200) and y.dtype == np.float32
+    np.testing.assert_allclose(y, x @ w + b, rtol=1e-5, atol=1e-5)
 
     q, k, v = (rng.standard_normal((2, 4, cores.MANY_ROWS + 6, 8), dtype=np.float32) for _ in range(3))
     keys = np.ones((2, 1, 1, q.shape[2]), bool)
@@ -89,6 +91,7 @@ def test_operations_on_many_rows_give_what_the_whole_gives(three_parts):
     np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs, whole_probs, rtol=1e-5, atol=1e-7)
     assert ops.causal_attention(q, k, v, keys, need_probs=False)[1] is None
+    assert splits == [100, 4, 4, 4]  # GELU rows, column blocks of 200, heads twice (with and without probs)
 
 
 def _split_in_child(queue):

@@ -209,10 +209,7 @@ def token_logprobs(tokenizer, logits: np.ndarray, tokens, top: int) -> list[Toke
     """token_logprob for several positions at once: logits [N, V], tokens [N] (one log-softmax for all)."""
     logp = ops.log_softmax(logits)  # [N, V]
     chosen = logp[np.arange(len(tokens)), tokens]  # [N]
-    best = np.zeros((len(tokens), 0), np.int64)
-    if top:
-        best = np.argpartition(-logp, top - 1, axis=-1)[:, :top]  # [N, top], unordered
-        best = np.take_along_axis(best, np.argsort(-np.take_along_axis(logp, best, -1), axis=-1, kind="stable"), -1)
+    best = ops.top_indices(logp, top)  # [N, top], most likely first
     text = tokenizer.token_text
     return [TokenLogprob(text(int(t)), int(t), float(c), [Alternative(text(int(a)), int(a), float(lp[a])) for a in b])
             for t, c, b, lp in zip(tokens, chosen, best, logp)]

@@ -125,7 +125,7 @@ def logit_lens(model, prompt, target=None, k: int = 5) -> LogitLens:
     for layer in resid:  # [T, C]: one layer at a time keeps [T, V] in memory, not [L + 1, T, V]
         logits = model.unembed(ops.layer_norm(layer, model.ln_f.weight, model.ln_f.bias, eps))  # [T, V]
         p = np.exp(ops.log_softmax(logits))  # [T, V]
-        order = np.argsort(-logits, axis=-1, kind="stable")[:, :k]  # [T, k]
+        order = ops.top_indices(logits, k)  # [T, k], most likely first
         top_ids.append(order)
         top_probs.append(np.take_along_axis(p, order, axis=-1))
         if target is not None:

@@ -104,6 +104,22 @@ def test_a_query_with_every_key_masked_gives_a_finite_uniform_row():
     np.testing.assert_allclose(probs[0, 0, 0], [0.5, 0.5])
 
 
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 20, 40])
+@pytest.mark.parametrize("special", [None, -np.inf, np.nan])
+def test_top_indices_are_a_stable_descending_argsort(k, special, monkeypatch):
+    """Most likely first, ties by the lower index; rows with -inf or NaN, or more values than ARGMAX_PASSES,
+    are sorted (the argmax passes could find a hidden -inf again)."""
+    monkeypatch.setattr(ops, "ARGMAX_PASSES", 30)  # 40 takes the sort
+    x = rng.integers(0, 6, size=(4, 50)).astype(np.float32)  # many ties
+    if special is not None:
+        x[1, :45] = special
+    before = x.copy()
+    want = np.argsort(-x, axis=-1, kind="stable")[:, :k]
+    got = ops.top_indices(x, k)
+    assert got.shape == (4, k) and got.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(x, before)  # the input is left as it was
+
 def test_linear_uses_the_conv1d_layout():
     x = rng.normal(size=(2, 3, 4)).astype(np.float32)
     w = rng.normal(size=(4, 6)).astype(np.float32)  # [in, out]

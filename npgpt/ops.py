@@ -148,15 +148,25 @@ VOCAB_SLICE = 2048  # rows of wte per slice: 6 MB of a 768-wide head
 def head_product(rows: np.ndarray, head: np.ndarray) -> np.ndarray:
     """rows @ head.T for the output head stored [V, C] (wte's layout): [N, C] -> [N, V].
 
-    For 2-32 rows, one product per slice of 2048 vocabulary rows: sgemm copies the weights it multiplies into
-    its own layout, and a slice's copy stays in cache where the whole head's (154 MB) does not; on an AMD EPYC
-    this made 2-16 rows 15-25% faster than one sgemm (tools/bench_products.py). One row (a GEMV, no copy) and
-    many rows (where the copy is shared by enough work) go in one product."""
-    if not 1 < len(rows) <= HEAD_ROWS_SLICED:
+    One row is a GEMV (no copy). For 2-32 rows, one product per slice of 2048 vocabulary rows: sgemm copies the
+    weights it multiplies into its own layout, and a slice's copy stays in cache where the whole head's (154 MB)
+    does not; on an AMD EPYC this made 2-16 rows 15-25% faster than one sgemm (tools/bench_products.py). More
+    rows (every position of a text), where the copy is shared by enough work, are split across the cores by
+    slices (cores.split), one product per core: as fast as OpenBLAS's own threads, whose workers would then spin
+    on the cores that the next text's split needs (model(ids) on 200-token texts one after another: 412 against
+    458 ms a text on an AMD EPYC)."""
+    if len(rows) == 1:
         return rows @ head.T
     out = np.empty((len(rows), len(head)), np.result_type(rows, head))  # [N, V]
-    for start in range(0, len(head), VOCAB_SLICE):
-        np.matmul(rows, head[start:start + VOCAB_SLICE].T, out=out[:, start:start + VOCAB_SLICE])
+    if len(rows) <= HEAD_ROWS_SLICED:
+        for start in range(0, len(head), VOCAB_SLICE):
+            np.matmul(rows, head[start:start + VOCAB_SLICE].T, out=out[:, start:start + VOCAB_SLICE])
+        return out
+
+    def share(lo, hi):  # slices [lo, hi) in one product
+        lo, hi = lo * VOCAB_SLICE, min(hi * VOCAB_SLICE, len(head))
+        np.matmul(rows, head[lo:hi].T, out=out[:, lo:hi])
+    cores.split(share, -(-len(head) // VOCAB_SLICE))
     return out
 
 

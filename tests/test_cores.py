@@ -72,7 +72,7 @@ def test_one_core_or_a_part_is_not_split_again(monkeypatch):
 
 @needs_openblas
 def test_operations_on_many_rows_give_what_the_whole_gives(three_parts, monkeypatch):
-    splits = []  # the n of each split: GELU's rows, the products' blocks of columns, attention's heads
+    splits = []  # the n of each split: GELU's rows, the products' blocks of columns, attention's heads, ...
     monkeypatch.setattr(cores, "split", lambda fn, n, split=cores.split: (splits.append(n), split(fn, n))[1])
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 50, 96), dtype=np.float32)  # 100 rows >= MANY_ROWS: split
@@ -91,7 +91,9 @@ def test_operations_on_many_rows_give_what_the_whole_gives(three_parts, monkeypa
     np.testing.assert_allclose(out, whole_out, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(probs, whole_probs, rtol=1e-5, atol=1e-7)
     assert ops.causal_attention(q, k, v, keys, need_probs=False)[1] is None
-    assert splits == [100, 4, 4, 4]  # GELU rows, column blocks of 200, heads twice (with and without probs)
+    head = rng.standard_normal((5000, 96), dtype=np.float32)  # [V, C]: 3 slices of the vocabulary
+    np.testing.assert_allclose(ops.head_product(x[0], head), x[0] @ head.T, rtol=1e-5, atol=1e-4)
+    assert splits == [100, 4, 4, 4, 3]  # GELU rows, column blocks of 200, heads twice, vocabulary slices
 
 
 def _split_in_child(queue):

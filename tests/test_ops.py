@@ -141,10 +141,11 @@ def test_linear_gives_one_product_whatever_the_number_of_rows(shape, n_in):
     np.testing.assert_allclose(ops.few_rows(x.reshape(-1, n_in), w) + b, want.reshape(-1, 50), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("n", [1, 2, 5, 32, 33])
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 32, 33, 130])
 @pytest.mark.parametrize("vocab", [7, 2048, 5000])
 def test_head_product_by_vocabulary_slices_is_the_whole_product(n, vocab):
-    """2-32 rows go by slices of 2048 vocabulary rows (the last one shorter), others in one product."""
+    """2-32 rows go by slices of 2048 vocabulary rows (the last one shorter), more are split across the cores
+    by slices, one row is one product."""
     x = rng.normal(size=(n, 24)).astype(np.float32)
     head = rng.normal(size=(vocab, 24)).astype(np.float32)  # [V, C], as wte
     got = ops.head_product(x, head)

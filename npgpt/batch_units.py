@@ -263,7 +263,7 @@ def token_logprobs(model, rows: list[list[int]]) -> list[np.ndarray]:
     124M at 512 padded tokens), and the head one [HEAD_ROWS, V] array (26 MB)."""
     ids, mask = left_pad(rows, model.tokenizer.eot_id)  # [B, W]
     hidden = model.forward(ids, attention_mask=mask, output_hidden_states=True,
-                           last_only=True).hidden_states[-1]  # [B, W, C], after ln_f
+                           logits=False).hidden_states[-1]  # [B, W, C], after ln_f
     width = ids.shape[1]
     # the positions that predict tokens 1 .. T - 1 of each row, side by side: [N, C] and their targets [N]
     positions = np.concatenate([hidden[b, width - len(row):-1] for b, row in enumerate(rows)])

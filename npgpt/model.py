@@ -67,7 +67,7 @@ class Block:
 
 @dataclass
 class Output:
-    logits: np.ndarray  # [B, T, V] float32 (T = 1 when only the last position was asked for)
+    logits: np.ndarray | None  # [B, T, V] float32 (T = 1 when only the last position was asked for; None: not asked)
     hidden_states: list[np.ndarray] | None = None  # n_layer + 1 of [B, T, C]
     attentions: list[np.ndarray] | None = None  # n_layer of [B, H, T, S]
 
@@ -79,8 +79,8 @@ class Output:
                 f"attentions={arrays(self.attentions)})")
 
 
-def _shape(a: np.ndarray) -> str:
-    return f"{a.dtype}[{', '.join(map(str, a.shape))}]"
+def _shape(a: np.ndarray | None) -> str:
+    return "None" if a is None else f"{a.dtype}[{', '.join(map(str, a.shape))}]"
 
 
 def attention(x, w: Attention, n_head: int, cache, layer: int, keys_allowed, need_probs: bool,
@@ -258,12 +258,14 @@ class GPT2:
 
     def forward(self, ids, cache: KVCache | None = None, attention_mask=None, position_ids=None,
                 output_hidden_states: bool = False, output_attentions: bool = False,
-                last_only: bool = False) -> Output:
+                last_only: bool = False, logits: bool = True) -> Output:
         """Run the model over ids [B, T], after the positions already in `cache` if one is given.
 
         attention_mask [B, past + T]: 1 for tokens, 0 for padding (as transformers); padding keys are ignored
         and, unless position_ids [B, T] are given, positions count real tokens only (left padding works).
         last_only: compute logits for the last position only (what generation needs).
+        logits=False: no output head (logits None), for callers that unembed the hidden states themselves, a
+        chunk at a time (scoring every position of a text).
         hidden_states follow transformers: the embeddings, each block's output, and the last one after ln_f.
         """
         ids = self._check_ids(ids)
@@ -325,7 +327,7 @@ class GPT2:
             hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
-        return Output(self.unembed(x), hidden, attentions)  # logits [B, T, V]
+        return Output(self.unembed(x) if logits else None, hidden, attentions)  # logits [B, T, V]
 
     def unembed(self, x: np.ndarray) -> np.ndarray:
         """The output head: logits [..., V] of final-layer-normed vectors x [..., C] (x @ wte.T, the head being tied

@@ -96,6 +96,15 @@ def test_last_only_matches_the_last_position(small):
     assert max_abs(model.forward(ids, last_only=True).logits[:, 0], model(ids)[:, -1]) <= 1e-5  # GEMV vs GEMM
 
 
+def test_logits_false_skips_the_head_and_keeps_the_hidden_states(small):
+    model, expected = small
+    ids = expected["single.ids"]
+    full = model.forward(ids, output_hidden_states=True)
+    bare = model.forward(ids, output_hidden_states=True, logits=False)
+    assert bare.logits is None and "logits=None" in repr(bare)
+    for a, b in zip(full.hidden_states, bare.hidden_states, strict=True):
+        np.testing.assert_array_equal(a, b)
+
 def test_attention_maps_are_causal_probabilities(small):
     model, expected = small
     out = model.forward(expected["single.ids"], output_attentions=True)

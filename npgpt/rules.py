@@ -253,14 +253,41 @@ class TopP(Rule):
     A token is kept when the tokens ranked above it hold less than p (so the most likely is always kept).
     Tied logits are ranked by token id, lower first; transformers ranks them by PyTorch's unstable sort."""
 
+    CANDIDATES = (64, 512, 4096)  # how many of the most likely tokens are sorted first, then the whole row
+
     def __init__(self, p: float):
         self.p = check_number("top_p", p, 0.0, 1.0, low_open=True, allowed="in (0, 1]")
 
     def __call__(self, input_ids, logits):
-        order = np.argsort(-logits, axis=-1, kind="stable")  # [B, V] most likely first
-        probs = ops.softmax(np.take_along_axis(logits, order, axis=-1).astype(np.float64))
-        above = np.cumsum(probs, axis=-1) - probs  # [B, V] probability of the tokens ranked above each
-        return np.where(unsort(above >= self.p, order), NEG_INF, logits)
+        out = np.full_like(logits, NEG_INF)  # [B, V]
+        for row, kept in zip(logits, out):
+            nucleus = self.nucleus(row)
+            kept[nucleus] = row[nucleus]
+        return out
+
+    def nucleus(self, row: np.ndarray) -> np.ndarray:
+        """The tokens one row of logits [V] keeps. Only the most likely candidates are sorted: 64 of them (with
+        any tied with the 64th), 512 or 4096 if they do not hold p, else the whole row. A trained model's
+        distribution holds p within a few thousand tokens: a row of 50257 logits took 0.4-1.1 ms, against 6.7
+        for sorting them all; a flat one (random weights) goes to the whole row as soon as the candidates sorted
+        show that fewer could not hold p."""
+        top = row.max()
+        if not np.isfinite(top):
+            return np.arange(len(row))  # nothing to rank (every token removed already): left as it is
+        weights = np.exp(row.astype(np.float64) - top)  # [V] probabilities times the sum of weights
+        total, finite = weights.sum(), row > NEG_INF
+        held, least, sorted_ = 0.0, 1.0, 0  # what the candidates sorted so far hold, the least of them, how many
+        for k in self.CANDIDATES + (len(row),):
+            if k < len(row) and held + (k - sorted_) * least < self.p:
+                continue  # k could not hold p, none after those sorted being more likely (a flat distribution)
+            kth = np.partition(row, len(row) - k)[len(row) - k] if k < len(row) else NEG_INF  # k-th largest
+            candidates = np.flatnonzero((row >= kth) & finite)  # by id, so the stable sort puts lower ids first
+            order = candidates[np.argsort(-row[candidates], kind="stable")]  # most likely first
+            probs = weights[order] / total
+            reached = np.cumsum(probs)  # probability of each token and those ranked above it
+            if reached[-1] >= self.p or len(candidates) == finite.sum():  # the tokens left out are all removed
+                return order[reached - probs < self.p]  # kept: less than p ranked above
+            held, least, sorted_ = reached[-1], probs[-1], len(order)
 
 
 class MinP(Rule):

@@ -56,6 +56,30 @@ def test_top_p_keeps_the_smallest_prefix_reaching_p(logits, p):
     assert probs[order[:n - 1]].sum() < p + 1e-9  # ... and none shorter does
 
 
+
+def _top_p_by_sorting_everything(logits, p):
+    """The nucleus by a stable sort of the whole vocabulary: what TopP gives, by its definition."""
+    order = np.argsort(-logits, axis=-1, kind="stable")
+    sorted_logits = np.take_along_axis(logits, order, axis=-1).astype(np.float64)
+    with np.errstate(invalid="ignore"):  # a row with every token removed: NaN, and nothing more is removed
+        probs = np.exp(sorted_logits - sorted_logits.max(axis=-1, keepdims=True))
+        probs /= probs.sum(axis=-1, keepdims=True)
+    removed = np.empty_like(probs, dtype=bool)
+    np.put_along_axis(removed, order, np.cumsum(probs, axis=-1) - probs >= p, axis=-1)
+    return np.where(removed, np.float32(-np.inf), logits)
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("spread", [0.25, 1.5, 4.0])  # flat rows need more than 64 candidates, peaked ones fewer
+def test_top_p_sorting_only_candidates_gives_the_whole_sort(p, spread):
+    rng = np.random.default_rng(7)
+    logits = (np.round(rng.normal(size=(4, 6000)) * 8) * spread / 8).astype(np.float32)  # many ties
+    logits[1, ::3] = -np.inf  # some tokens removed by an earlier rule
+    logits[2, 10:] = -np.inf  # fewer tokens left than candidates
+    logits[3] = -np.inf  # none left: left as it is, for the sampler to report
+    got = sampling.TopP(p)(None, logits)
+    np.testing.assert_array_equal(got, _top_p_by_sorting_everything(logits, p))
+
 @settings(max_examples=100, deadline=None)
 @given(arrays(np.float32, (3, V), elements=st.floats(-10, 10, width=32)))
 def test_temperature_towards_zero_is_greedy(logits):

@@ -70,13 +70,14 @@ class Output:
     logits: np.ndarray | None  # [B, T, V] float32 (T = 1 when only the last position was asked for; None: not asked)
     hidden_states: list[np.ndarray] | None = None  # n_layer + 1 of [B, T, C]
     attentions: list[np.ndarray] | None = None  # n_layer of [B, H, T, S]
+    last_hidden_state: np.ndarray | None = None  # [B, T, C] after ln_f (T = 1 with last_only), always given
 
     def __repr__(self) -> str:  # shapes, never the arrays
         def arrays(a):
             return "None" if a is None else f"{len(a)} x {_shape(a[0])}" if a else "[]"
 
         return (f"Output(logits={_shape(self.logits)}, hidden_states={arrays(self.hidden_states)}, "
-                f"attentions={arrays(self.attentions)})")
+                f"attentions={arrays(self.attentions)}, last_hidden_state={_shape(self.last_hidden_state)})")
 
 
 def _shape(a: np.ndarray | None) -> str:
@@ -264,9 +265,10 @@ class GPT2:
         attention_mask [B, past + T]: 1 for tokens, 0 for padding (as transformers); padding keys are ignored
         and, unless position_ids [B, T] are given, positions count real tokens only (left padding works).
         last_only: compute logits for the last position only (what generation needs).
-        logits=False: no output head (logits None), for callers that unembed the hidden states themselves, a
+        logits=False: no output head (logits None), for callers that unembed last_hidden_state themselves, a
         chunk at a time (scoring every position of a text).
-        hidden_states follow transformers: the embeddings, each block's output, and the last one after ln_f.
+        hidden_states follow transformers: the embeddings, each block's output, and the last one after ln_f;
+        last_hidden_state, that last one alone, is always given (it costs nothing to keep).
         """
         ids = self._check_ids(ids)
         b, t = ids.shape
@@ -327,7 +329,7 @@ class GPT2:
             hidden[-1] = x  # as transformers: the last hidden state is after ln_f
         if last_only:
             x = x[:, -1:]  # [B, 1, C]
-        return Output(self.unembed(x) if logits else None, hidden, attentions)  # logits [B, T, V]
+        return Output(self.unembed(x) if logits else None, hidden, attentions, x)  # logits [B, T, V]
 
     def unembed(self, x: np.ndarray) -> np.ndarray:
         """The output head: logits [..., V] of final-layer-normed vectors x [..., C] (x @ wte.T, the head being tied

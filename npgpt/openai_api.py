@@ -350,7 +350,7 @@ def echo_prompt(model, ids: list[int], logprobs: int | None) -> Echo:
     pieces[-1] += decoder.flush()
     entries = None
     if logprobs is not None:  # the head over HEAD_ROWS positions at a time: never all T x V logits at once
-        hidden = model.forward(np.asarray([ids]), output_hidden_states=True, logits=False).hidden_states[-1][0]
+        hidden = model.forward(np.asarray([ids]), logits=False).last_hidden_state[0]  # [T, C]
         entries = [None]  # the first token has no logprob: nothing comes before it
         for start in range(0, len(ids) - 1, HEAD_ROWS):
             stop = min(start + HEAD_ROWS, len(ids) - 1)

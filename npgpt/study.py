@@ -568,7 +568,7 @@ def _surprisal(model, ids: list[int], window: int, stride: int, bar: Progress):
     for begin in range(0, len(ids), stride):
         end = min(begin + window, len(ids))
         chunk = ids[begin:end]
-        hidden = model.forward(chunk, output_hidden_states=True, logits=False).hidden_states[-1][0]  # [T, C]
+        hidden = model.forward(chunk, logits=False).last_hidden_state[0]  # [T, C]
         first = max(scored_to, begin + 1)  # score tokens [first, end), predicted by positions before them
         for rows in _batches(range(first - begin - 1, end - begin - 1), HEAD_ROWS):
             logits = model.unembed(hidden[rows])  # [n, V], HEAD_ROWS at a time to bound memory

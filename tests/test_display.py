@@ -166,4 +166,4 @@ def test_print_model_is_its_module_tree_and_outputs_show_shapes(micro):
     assert f"params={micro.n_params:,}" in tree
     out = micro.forward([1, 2, 3], output_hidden_states=True)
     assert repr(out) == ("Output(logits=float32[1, 3, 50257], hidden_states=3 x float32[1, 3, 8], "
-                         "attentions=None)")
+                         "attentions=None, last_hidden_state=float32[1, 3, 8])")

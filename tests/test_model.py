@@ -105,6 +105,19 @@ def test_logits_false_skips_the_head_and_keeps_the_hidden_states(small):
     for a, b in zip(full.hidden_states, bare.hidden_states, strict=True):
         np.testing.assert_array_equal(a, b)
 
+
+def test_last_hidden_state_is_the_last_of_the_hidden_states_without_keeping_them(small):
+    model, expected = small
+    ids = expected["single.ids"]
+    full = model.forward(ids, output_hidden_states=True)
+    bare = model.forward(ids, logits=False)  # what scoring asks for: no head, no per-layer states
+    assert bare.hidden_states is None
+    np.testing.assert_array_equal(bare.last_hidden_state, full.hidden_states[-1])
+    np.testing.assert_array_equal(full.last_hidden_state, full.hidden_states[-1])
+    last = model.forward(ids, last_only=True)
+    assert last.last_hidden_state.shape == (1, 1, model.config.n_embd)
+    np.testing.assert_allclose(last.last_hidden_state[:, 0], full.hidden_states[-1][:, -1], rtol=1e-5, atol=1e-5)
+
 def test_attention_maps_are_causal_probabilities(small):
     model, expected = small
     out = model.forward(expected["single.ids"], output_attentions=True)

@@ -80,6 +80,7 @@ def build_parser() -> Parser:
 
     for experiment in EXPERIMENTS:
         add_experiment(commands, experiment)
+    parser.commands = commands.choices  # name -> its parser, so that main() can say which command erred
     return parser
 
 
@@ -177,7 +178,10 @@ def print_logprobs(logprobs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # argparse would blame `npgpt`; the command's own help is what lists its flags
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")

@@ -91,6 +91,9 @@ def test_bad_arguments_are_one_line(micro_dir):
     one_line_error(npgpt(), code=2)
     line = one_line_error(npgpt("serve", "--model", micro_dir, "--port", "99999"), code=2)
     assert "--port" in line and "from 0 to 65535" in line
+    # a flag the command does not have: the command's own help lists its flags, not npgpt's
+    line = one_line_error(npgpt("topk", "Hi", "--model", micro_dir, "--k", "3"), code=2)
+    assert line == "npgpt topk: error: unrecognized arguments: --k 3 (see npgpt topk --help)"
 
 
 # Every flag of `npgpt generate` that shapes what is generated, with the rule or setting it must reach.

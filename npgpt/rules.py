@@ -305,26 +305,44 @@ class MinP(Rule):
 
 class TypicalP(Rule):
     """Typical sampling (Meister et al.): rank tokens by how close their surprise -log p is to the entropy, and
-    keep the closest ones until their probabilities add up to `mass`."""
+    keep the closest ones until their probabilities add up to `mass`.
+
+    Only the closest candidates are ranked, as in TopP: 64 of them, 512 or 4096 if they do not hold the mass,
+    else the whole row; a row of 50257 logits took 6.9 ms to sort whole. Sizes that the most likely token's
+    probability shows cannot hold the mass (a flat distribution) are skipped. Candidates are ranked as the
+    whole row would be (ties by the lower id), so that their probabilities are summed in the same order."""
+
+    CANDIDATES = TopP.CANDIDATES
 
     def __init__(self, mass: float):
         self.mass = check_number("typical_p", mass, 0.0, 1.0, low_open=True, allowed="in (0, 1]")
 
     def __call__(self, input_ids, logits):
-        logp = ops.log_softmax(logits)  # [B, V]
-        p = np.exp(logp)
-        entropy = -(p * np.where(p > 0, logp, 0)).sum(axis=-1, keepdims=True)  # removed tokens (p = 0) count 0
-        distance = np.abs(-logp - entropy)  # [B, V]
-        order = np.argsort(distance, axis=-1, kind="stable")
-        sorted_distance = np.take_along_axis(distance, order, axis=-1)
-        sorted_probs = ops.softmax(np.take_along_axis(logits, order, axis=-1))  # float32, as transformers'
-        # summed in float64, as PyTorch's cumsum accumulates float32 on the CPU: over 50k small terms a float32
-        # sum drifts by 1e-4, enough to move the cut-off
-        cumulative = np.cumsum(sorted_probs, axis=-1, dtype=np.float64).astype(np.float32)
-        last = np.minimum((cumulative < np.float32(self.mass)).sum(axis=-1), logits.shape[-1] - 1)  # [B]
-        remove_sorted = sorted_distance > sorted_distance[np.arange(len(logits)), last][:, None]
-        remove_sorted[:, 0] = False
-        return np.where(unsort(remove_sorted, order), NEG_INF, logits)
+        with np.errstate(invalid="ignore"):  # a row with every token removed is NaN here, and left as it is
+            logp = ops.log_softmax(logits)  # [B, V]
+            p = np.exp(logp)
+            entropy = -(p * np.where(p > 0, logp, 0)).sum(axis=-1, keepdims=True)  # removed tokens (p = 0) count 0
+            distance = np.abs(-logp - entropy)  # [B, V]
+        farthest = np.array([self.farthest_kept(d, q) for d, q in zip(distance, p)], np.float32)  # [B]
+        return np.where(distance > farthest[:, None], NEG_INF, logits)
+
+    def farthest_kept(self, distance: np.ndarray, probs: np.ndarray) -> float:
+        """The largest distance one row keeps: that of the token whose probability, added to those of the tokens
+        ranked before it, first reaches the mass (the last token if none does, as transformers)."""
+        mass = np.float32(self.mass)
+        if not np.isfinite(distance).any():  # every token removed (NaN): nothing to rank, left as it is
+            return np.inf
+        for k in self.CANDIDATES + (len(distance),):
+            if k < len(distance) and k * probs.max() < mass:
+                continue  # k tokens could not hold the mass, however they are chosen
+            kth = np.partition(distance, k - 1)[k - 1] if k < len(distance) else np.inf  # the k-th closest
+            order = np.flatnonzero(distance <= kth) if k < len(distance) else np.arange(len(distance))  # by id
+            order = order[np.argsort(distance[order], kind="stable")]  # closest first, ties by the lower id
+            # summed in float64, as PyTorch's cumsum accumulates float32 on the CPU: over 50k small terms a
+            # float32 sum drifts by 1e-4, enough to move the cut-off
+            reached = np.cumsum(probs[order], dtype=np.float64).astype(np.float32)
+            if reached[-1] >= mass or len(order) == len(distance):
+                return distance[order[min((reached < mass).sum(), len(order) - 1)]]
 
 
 class SuppressTokens(Rule):
@@ -350,13 +368,6 @@ def token_counts(input_ids: np.ndarray, vocab_size: int) -> np.ndarray:
     rows, cols = np.nonzero(input_ids >= 0)
     flat = rows * vocab_size + input_ids[rows, cols]
     return np.bincount(flat, minlength=len(input_ids) * vocab_size).reshape(len(input_ids), vocab_size)
-
-
-def unsort(sorted_values: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Put values computed in sorted order back at their tokens' places."""
-    out = np.empty_like(sorted_values)
-    np.put_along_axis(out, order, sorted_values, axis=-1)
-    return out
 
 
 def usable(logits: np.ndarray) -> bool:

@@ -6,7 +6,7 @@ from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 import npgpt
-from npgpt import sampling
+from npgpt import ops, sampling
 from npgpt.sampling import Sampler, next_token_distribution
 
 V = 64
@@ -79,6 +79,39 @@ def test_top_p_sorting_only_candidates_gives_the_whole_sort(p, spread):
     logits[3] = -np.inf  # none left: left as it is, for the sampler to report
     got = sampling.TopP(p)(None, logits)
     np.testing.assert_array_equal(got, _top_p_by_sorting_everything(logits, p))
+
+
+def _typical_by_sorting_everything(logits, mass):
+    """Typical sampling by a stable sort of the whole vocabulary by distance, as transformers' TypicalLogitsWarper
+    does (probabilities summed in float64, compared in float32)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logp = ops.log_softmax(logits)
+        p = np.exp(logp)
+        distance = np.abs(-logp + (p * np.where(p > 0, logp, 0)).sum(axis=-1, keepdims=True))
+    order = np.argsort(distance, axis=-1, kind="stable")
+    sorted_distance = np.take_along_axis(distance, order, axis=-1)
+    reached = np.cumsum(np.take_along_axis(p, order, axis=-1), axis=-1, dtype=np.float64).astype(np.float32)
+    last = np.minimum((reached < np.float32(mass)).sum(axis=-1), logits.shape[-1] - 1)
+    removed = sorted_distance > sorted_distance[np.arange(len(logits)), last][:, None]
+    removed[:, 0] = False
+    unsorted = np.empty_like(removed)
+    np.put_along_axis(unsorted, order, removed, axis=-1)
+    return np.where(unsorted, np.float32(-np.inf), logits)
+
+
+@pytest.mark.parametrize("mass", [0.05, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("spread", [0.25, 1.5, 4.0, 12.0])  # flat rows need the whole sort, peaked ones less
+def test_typical_p_ranking_only_candidates_gives_the_whole_sort(mass, spread):
+    rng = np.random.default_rng(11)
+    logits = (np.round(rng.normal(size=(5, 6000)) * 8) * spread / 8).astype(np.float32)  # many ties
+    logits[1, ::3] = -np.inf  # some tokens removed by an earlier rule
+    logits[2, 10:] = -np.inf  # fewer tokens left than candidates
+    logits[3] = -np.inf  # none left: left as it is, for the sampler to report
+    logits[4, 1:] = -np.inf  # one left
+    got = sampling.TypicalP(mass)(None, logits)
+    np.testing.assert_array_equal(got, _typical_by_sorting_everything(logits, mass))
+    if spread == 12.0 and mass == 0.5:  # peaked: the first candidates hold the mass
+        assert 0 < np.isfinite(got[0]).sum() < 64
 
 @settings(max_examples=100, deadline=None)
 @given(arrays(np.float32, (3, V), elements=st.floats(-10, 10, width=32)))

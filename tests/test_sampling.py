@@ -69,14 +69,21 @@ def _top_p_by_sorting_everything(logits, p):
     return np.where(removed, np.float32(-np.inf), logits)
 
 
-@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999, 1.0])
-@pytest.mark.parametrize("spread", [0.25, 1.5, 4.0])  # flat rows need more than 64 candidates, peaked ones fewer
-def test_top_p_sorting_only_candidates_gives_the_whole_sort(p, spread):
-    rng = np.random.default_rng(7)
-    logits = (np.round(rng.normal(size=(4, 6000)) * 8) * spread / 8).astype(np.float32)  # many ties
+def _awkward_rows(seed, spread):
+    """Five rows of 6000 logits with many ties, `spread` wide, and the cases a partial sort could get wrong."""
+    rng = np.random.default_rng(seed)
+    logits = (np.round(rng.normal(size=(5, 6000)) * 8) * spread / 8).astype(np.float32)  # many ties
     logits[1, ::3] = -np.inf  # some tokens removed by an earlier rule
     logits[2, 10:] = -np.inf  # fewer tokens left than candidates
     logits[3] = -np.inf  # none left: left as it is, for the sampler to report
+    logits[4, 1:] = -np.inf  # one left
+    return logits
+
+
+@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999, 1.0])
+@pytest.mark.parametrize("spread", [0.25, 1.5, 4.0])  # flat rows need more than 64 candidates, peaked ones fewer
+def test_top_p_sorting_only_candidates_gives_the_whole_sort(p, spread):
+    logits = _awkward_rows(7, spread)
     got = sampling.TopP(p)(None, logits)
     np.testing.assert_array_equal(got, _top_p_by_sorting_everything(logits, p))
 
@@ -102,12 +109,7 @@ def _typical_by_sorting_everything(logits, mass):
 @pytest.mark.parametrize("mass", [0.05, 0.5, 0.9, 0.999, 1.0])
 @pytest.mark.parametrize("spread", [0.25, 1.5, 4.0, 12.0])  # flat rows need the whole sort, peaked ones less
 def test_typical_p_ranking_only_candidates_gives_the_whole_sort(mass, spread):
-    rng = np.random.default_rng(11)
-    logits = (np.round(rng.normal(size=(5, 6000)) * 8) * spread / 8).astype(np.float32)  # many ties
-    logits[1, ::3] = -np.inf  # some tokens removed by an earlier rule
-    logits[2, 10:] = -np.inf  # fewer tokens left than candidates
-    logits[3] = -np.inf  # none left: left as it is, for the sampler to report
-    logits[4, 1:] = -np.inf  # one left
+    logits = _awkward_rows(11, spread)
     got = sampling.TypicalP(mass)(None, logits)
     np.testing.assert_array_equal(got, _typical_by_sorting_everything(logits, mass))
     if spread == 12.0 and mass == 0.5:  # peaked: the first candidates hold the mass

@@ -58,12 +58,17 @@ def interleaved(functions: dict, runs: int) -> dict:
 
 
 def cpu_name() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it: figures are only comparable on one machine."""
+    """The CPU's model name, as /proc/cpuinfo gives it, and the kernels NumPy's OpenBLAS chose for it (on an
+    AVX-512 CPU, OPENBLAS_CORETYPE changes much): figures are only comparable on one machine, with one BLAS."""
+    from npgpt import cores
+
     try:
         with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
-        return "unknown CPU"
+        name = "unknown CPU"
+    kernels = cores.blas_kernels()
+    return f"{name}, OpenBLAS {kernels} kernels" if kernels else name
 
 
 def prompts(batch: int, length: int, seed: int = 0) -> np.ndarray:
@@ -182,18 +187,24 @@ def block_matrices(model: npgpt.GPT2) -> list[np.ndarray]:
                                               b.mlp.c_proj.weight)]
 
 
+FLOOR_PASSES = 8
+
+
 def gemv_floor(model: npgpt.GPT2):
     """(bytes of weights one decoded token reads, a function reading them with BLAS matrix-vector products).
 
     The same matrices as a decode step (every block's four projections and the tied output head), one
-    vector each, nothing else: the time no implementation on this machine can beat by much."""
+    vector each, nothing else: the time no implementation on this machine can beat by much. The function runs
+    them FLOOR_PASSES times, so that waking BLAS's threads after the pause between runs (up to 10 ms on an Intel
+    Xeon, where one pass takes 18) is not counted as reading weights."""
     matrices = block_matrices(model)
     head = model.lm_head.T
     vectors = [np.ones((1, w.shape[0]), np.float32) for w in matrices] + [np.ones((1, head.shape[0]), np.float32)]
 
     def products():
-        for x, w in zip(vectors, matrices + [head]):
-            x @ w
+        for _ in range(FLOOR_PASSES):
+            for x, w in zip(vectors, matrices + [head]):
+                x @ w
     return sum(w.nbytes for w in matrices) + head.nbytes, products
 
 
@@ -295,7 +306,7 @@ def measure(runners: list, floor, runs: int) -> dict:
     seconds = interleaved({**{r.name: (lambda r=r: r.decode(1)) for r in runners}, "floor": floor}, runs)
     for r in runners:
         results[r.name]["decode_b1"] = NEW_TOKENS / seconds[r.name]
-    results["floor"] = seconds["floor"]
+    results["floor"] = seconds["floor"] / FLOOR_PASSES
     each(f"decode_b{BATCH}", lambda r: lambda: r.decode(BATCH), lambda t: BATCH * NEW_TOKENS / t)
     each("prefill", lambda r: r.prefill, lambda t: PREFILL / t)
     each("ms_near", lambda r: r.steps_at(NEAR), lambda t: t / STEPS * 1e3)

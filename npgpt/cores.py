@@ -15,6 +15,9 @@ OPENBLAS_THREAD_TIMEOUT=22 (2^22 cycles, about a millisecond), set before NumPy 
 Few rows (a decoding step) are not split: waking a thread costs about 0.1 ms. Nor is anything split when
 NumPy's BLAS cannot be told how many threads to use (it is not OpenBLAS), or uses one thread already
 (OPENBLAS_NUM_THREADS=1, as each worker of `npgpt batch` does).
+
+Which kernels OpenBLAS chose for the CPU is also read here (blas_kernels): on AVX-512 CPUs its own AVX-512
+kernels multiply a few rows slowly, and `npgpt serve` says how to start with the AVX2 ones (kernels_hint).
 """
 
 from __future__ import annotations
@@ -40,16 +43,23 @@ class _OpenBLAS:
     SUFFIXES = ("64_", "")  # the 64-bit-integer build adds 64_
 
     def __init__(self, library: ctypes.CDLL):
-        self.set_threads = self.get_threads = None
+        self.set_threads = self.get_threads = self.get_corename = None
         for prefix in self.PREFIXES:
             for suffix in self.SUFFIXES:
                 try:
                     self.set_threads = getattr(library, f"{prefix}_set_num_threads{suffix}")
                     self.get_threads = getattr(library, f"{prefix}_get_num_threads{suffix}")
-                    return
                 except AttributeError:
                     continue
+                self.get_corename = getattr(library, f"{prefix}_get_corename{suffix}", None)
+                if self.get_corename is not None:
+                    self.get_corename.restype = ctypes.c_char_p
+                return
         raise LookupError("no openblas_set_num_threads in the library")
+
+    def corename(self) -> str | None:
+        """The kernels OpenBLAS chose for this CPU ("Haswell", "SkylakeX", ...), or None if it cannot say."""
+        return None if self.get_corename is None else self.get_corename().decode("ascii", "replace")
 
     @classmethod
     def loaded(cls) -> "_OpenBLAS | None":
@@ -119,6 +129,32 @@ def split(fn, n: int) -> None:
                 part.result()  # raises the part's exception, if it had one
         finally:
             blas.set_threads(threads)
+
+
+# OpenBLAS's kernels for AVX-512 CPUs. Their general product of a few rows is slow: on an Intel Xeon (2 cores,
+# 2026-12-05) the 48 block products of a step took 41 ms for 8 rows against 23 ms with the AVX2 ("Haswell")
+# kernels, 3.3x and 1.9x one row's time; whole prompts, on the other hand, are about 20% faster with them
+# (tools/bench_products.py, tools/bench.py). The kernels are chosen when NumPy loads OpenBLAS, from the
+# environment variable OPENBLAS_CORETYPE: nothing in a running process can change them.
+AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
+
+
+def blas_kernels() -> str | None:
+    """The kernels NumPy's OpenBLAS chose for this CPU ("Haswell", "SkylakeX", ...); None if NumPy's BLAS is
+    not OpenBLAS or cannot say."""
+    blas = _blas()
+    return None if blas is None else blas.corename()
+
+
+def kernels_hint() -> str | None:
+    """One line for a process that mostly decodes several rows a step (npgpt serve), when OpenBLAS runs its
+    AVX-512 kernels and nobody chose them: how to start it with the AVX2 ones instead. None otherwise."""
+    name = blas_kernels()
+    if name is None or name.lower() not in AVX512_KERNELS or "OPENBLAS_CORETYPE" in os.environ:
+        return None
+    return (f"OpenBLAS chose its {name} kernels, slow at a few rows a step: with OPENBLAS_CORETYPE=Haswell set "
+            f"before starting, 16 clients were served 1.27x faster on an Intel Xeon (long prompts 20% slower); "
+            f"setting OPENBLAS_CORETYPE at all silences this")
 
 
 def _part(fn, lo: int, hi: int) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import npgpt
-from npgpt import ops
+from npgpt import cores, ops
 from npgpt.errors import BusyError, DistributionError, NpgptError, SettingsError
 from npgpt.scheduler import CANCELLED, Scheduler
 from npgpt.server import MAX_BODY, Server, is_loopback
@@ -584,3 +584,4 @@ def test_npgpt_serve_answers_and_stops_on_sigterm():
     assert process.returncode == 0, rest
     assert "API key required" in banner and "POST /v1/completions 200 1+2 tokens" in rest
     assert rest.rstrip().endswith("npgpt serve: stopped") and "Traceback" not in rest
+    assert ("npgpt serve: hint: OpenBLAS chose" in rest) == (cores.kernels_hint() is not None)  # same CPU, same env

@@ -133,8 +133,8 @@ def split(fn, n: int) -> None:
 
 # OpenBLAS's kernels for AVX-512 CPUs. Their general product of a few rows is slow: on an Intel Xeon (2 cores,
 # 2026-12-05) the 48 block products of a step took 41 ms for 8 rows against 23 ms with the AVX2 ("Haswell")
-# kernels, 3.3x and 1.9x one row's time; whole prompts, on the other hand, are about 20% faster with them
-# (tools/bench_products.py, tools/bench.py). The kernels are chosen when NumPy loads OpenBLAS, from the
+# kernels, 3.3x and 1.9x one row's time; a 512-token prompt, on the other hand, took 21% longer with the AVX2
+# kernels (tools/bench_products.py, tools/bench.py). The kernels are chosen when NumPy loads OpenBLAS, from the
 # environment variable OPENBLAS_CORETYPE: nothing in a running process can change them.
 AVX512_KERNELS = {"skylakex", "cooperlake", "sapphirerapids"}
 

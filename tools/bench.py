@@ -26,6 +26,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import npgpt  # noqa: E402
+from npgpt import cores  # noqa: E402
 
 PROMPT, NEW_TOKENS, BATCH, PREFILL, NEAR, FAR, STEPS = 16, 128, 8, 512, 16, 880, 32
 QUICK = dict(PROMPT=8, NEW_TOKENS=8, BATCH=4, PREFILL=64, NEAR=16, FAR=890, STEPS=4)
@@ -60,8 +61,6 @@ def interleaved(functions: dict, runs: int) -> dict:
 def cpu_name() -> str:
     """The CPU's model name, as /proc/cpuinfo gives it, and the kernels NumPy's OpenBLAS chose for it (on an
     AVX-512 CPU, OPENBLAS_CORETYPE changes much): figures are only comparable on one machine, with one BLAS."""
-    from npgpt import cores
-
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))

@@ -17,7 +17,7 @@ NumPy's BLAS cannot be told how many threads to use (it is not OpenBLAS), or use
 (OPENBLAS_NUM_THREADS=1, as each worker of `npgpt batch` does).
 
 Which kernels OpenBLAS chose for the CPU is also read here (blas_kernels): on AVX-512 CPUs its own AVX-512
-kernels multiply a few rows slowly, and `npgpt serve` says how to start with the AVX2 ones (kernels_hint).
+kernels multiply a few rows slowly, and `npgpt serve` starts itself again with the AVX2 ones (kernels_for_batches).
 """
 
 from __future__ import annotations
@@ -146,15 +146,14 @@ def blas_kernels() -> str | None:
     return None if blas is None else blas.corename()
 
 
-def kernels_hint() -> str | None:
-    """One line for a process that mostly decodes several rows a step (npgpt serve), when OpenBLAS runs its
-    AVX-512 kernels and nobody chose them: how to start it with the AVX2 ones instead. None otherwise."""
+def kernels_for_batches() -> str | None:
+    """The OPENBLAS_CORETYPE to start a process with when it mostly decodes several rows a step (npgpt serve):
+    "Haswell", OpenBLAS's AVX2 kernels, when it chose AVX-512 ones by itself; None when nobody needs to choose
+    (other kernels, kernels someone chose through OPENBLAS_CORETYPE, or a BLAS that is not OpenBLAS)."""
     name = blas_kernels()
     if name is None or name.lower() not in AVX512_KERNELS or "OPENBLAS_CORETYPE" in os.environ:
         return None
-    return (f"OpenBLAS chose its {name} kernels, slow at a few rows a step: with OPENBLAS_CORETYPE=Haswell set "
-            f"before starting, 16 clients were served 1.27x faster on an Intel Xeon (long prompts 20% slower); "
-            f"setting OPENBLAS_CORETYPE at all silences this")
+    return "Haswell"
 
 
 def _part(fn, lo: int, hi: int) -> None:

@@ -29,7 +29,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
-from . import __version__, cores, openai_api
+from . import __version__, openai_api
 from .errors import BusyError, NpgptError, SettingsError
 from .openai_api import ApiError, error_body
 from .scheduler import Scheduler
@@ -509,9 +509,6 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None 
     try:
         print(f"npgpt serve: {server.model_name} on {server.url} (POST /v1/completions, GET /v1/models, "
               f"GET /health){'; API key required' if api_key else ''}; Ctrl-C stops", file=sys.stderr, flush=True)
-        hint = cores.kernels_hint()  # after the address, which is what a script reads first
-        if hint:
-            print(f"npgpt serve: hint: {hint}", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:

@@ -412,3 +412,54 @@ def test_speculative_flags_give_the_plain_text(micro_dir):
         fast = npgpt("generate", "the cat sat on the mat, the cat", "--model", micro_dir, "--max-new-tokens", "12",
                      *flags)
         assert fast.returncode == 0 and fast.stdout == plain.stdout, fast.stderr
+
+
+class StartedAgain(Exception):
+    pass
+
+
+@pytest.mark.parametrize("own_process", [True, False])
+def test_serve_starts_again_with_the_kernels_for_batches_only_as_its_process_own_command(monkeypatch, capsys,
+                                                                                        own_process):
+    """On OpenBLAS's AVX-512 kernels, `npgpt serve` runs itself again (same process) with OPENBLAS_CORETYPE set;
+    main() called with arguments is a caller's process, which it must not replace."""
+    from npgpt import cli, cores
+
+    calls = []
+
+    def execve(path, argv, env):
+        calls.append((path, argv, env))
+        raise StartedAgain
+
+    monkeypatch.setattr(cores, "kernels_for_batches", lambda: "Haswell")
+    monkeypatch.setattr(cores, "blas_kernels", lambda: "SkylakeX")
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(sys, "argv", ["npgpt", "serve", "--model", "/no/such/model"])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "npgpt", "serve", "--model", "/no/such/model"])
+    if own_process:
+        with pytest.raises(StartedAgain):
+            cli.main()
+        (path, argv, env), = calls
+        assert path == sys.executable and argv == sys.orig_argv
+        assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["PATH"] == os.environ["PATH"]
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "chose its SkylakeX kernels" in err and "OPENBLAS_CORETYPE=Haswell" in err
+    else:
+        assert cli.main(sys.argv[1:]) == 1 and not calls
+        assert capsys.readouterr().err.startswith("npgpt: error: /no/such/model")
+
+
+def test_serve_serves_as_it_is_when_it_cannot_start_again(monkeypatch, capsys):
+    from npgpt import cli, cores
+
+    def execve(path, argv, env):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cores, "kernels_for_batches", lambda: "Haswell")
+    monkeypatch.setattr(cores, "blas_kernels", lambda: "SkylakeX")
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(sys, "argv", ["npgpt", "serve", "--model", "/no/such/model"])
+    assert cli.main() == 1  # went on to load the model
+    err = capsys.readouterr().err.splitlines()
+    assert err[1] == "npgpt serve: could not start again ([Errno 13] Permission denied); serving with SkylakeX kernels"
+    assert err[2].startswith("npgpt: error: /no/such/model")

@@ -118,24 +118,22 @@ def test_a_forked_child_splits_with_threads_of_its_own(monkeypatch):
     assert queue.get(timeout=5) == list(range(6))
 
 
-@pytest.mark.parametrize("name, environ, hinted", [
-    ("SkylakeX", {}, True), ("SapphireRapids", {}, True), ("Cooperlake", {}, True),
-    ("SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}, False),  # chosen on purpose
-    ("Haswell", {}, False), ("Zen", {}, False), (None, {}, False)])
-def test_the_kernels_hint_only_when_openblas_chose_its_avx512_kernels_by_itself(monkeypatch, name, environ, hinted):
+@pytest.mark.parametrize("name, environ, chosen", [
+    ("SkylakeX", {}, "Haswell"), ("SapphireRapids", {}, "Haswell"), ("Cooperlake", {}, "Haswell"),
+    ("SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}, None),  # chosen on purpose
+    ("Haswell", {}, None), ("Zen", {}, None), (None, {}, None)])
+def test_other_kernels_for_batches_only_when_openblas_chose_its_avx512_kernels_by_itself(monkeypatch, name, environ,
+                                                                                       chosen):
     monkeypatch.setattr(cores, "blas_kernels", lambda: name)
     monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
     for key, value in environ.items():
         monkeypatch.setenv(key, value)
-    hint = cores.kernels_hint()
-    assert (hint is not None) == hinted
-    if hinted:
-        assert f"chose its {name} kernels" in hint and "OPENBLAS_CORETYPE=Haswell" in hint and "\n" not in hint
+    assert cores.kernels_for_batches() == chosen
 
 
 def test_no_kernels_named_without_openblas(monkeypatch):
     monkeypatch.setattr(cores, "_blas", lambda: None)
-    assert cores.blas_kernels() is None and cores.kernels_hint() is None
+    assert cores.blas_kernels() is None and cores.kernels_for_batches() is None
 
 
 @needs_openblas

@@ -37,6 +37,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 import npgpt  # noqa: E402
 from bench import cpu_name  # noqa: E402
+from npgpt import cores  # noqa: E402
 from npgpt import tokenizer as bpe  # noqa: E402
 
 HOST = "127.0.0.1"  # never anything else: this tool sends load to a server it started itself
@@ -205,8 +206,9 @@ def main(argv=None) -> int:
         with server:
             results[server.name] = measure(server, prompts, args.tokens, levels)
 
+    kernels = cores.kernels_for_batches()  # npgpt serve starts itself again with these
     print(f"\n{len(prompts)} greedy requests of {args.tokens} tokens per level, random weights, "
-          f"{os.cpu_count()} cores ({cpu_name()})\n")
+          f"{os.cpu_count()} cores ({cpu_name()}{f'; npgpt serve chose {kernels} kernels' if kernels else ''})\n")
     header = f"{'clients':>7}" + "".join(f"  {name + ' tok/s':>18} {'p50 s':>6} {'p95 s':>6} {'same':>5}"
                                          for name in results)
     print(header + ("   npgpt / transformers" if "transformers" in results else ""))

@@ -9,6 +9,7 @@ stderr is a terminal (NPGPT_PROGRESS=1 or 0 forces it on or off; --quiet leaves 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -80,6 +81,7 @@ def build_parser() -> Parser:
     srv.add_argument("--max-rows", type=positive_int, default=16, help="rows decoded together at most (16)")
     srv.add_argument("--max-waiting", type=positive_int, default=64,
                      help="requests that may wait for a place before the server answers 429 (64)")
+    srv.add_argument("--started-again-from", help=argparse.SUPPRESS)  # set by start_again_with only
     srv.set_defaults(run=run_serve)
 
     for experiment in EXPERIMENTS:
@@ -118,23 +120,28 @@ def run_serve(args) -> int:
     from . import server  # here: the server and its scheduler are imported only by this command
 
     model = load_model(args)
+    note = None if args.started_again_from is None else (
+        f"OpenBLAS chose its {args.started_again_from} kernels, slow at a few rows a step: started again with "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE')} (16 clients were served 1.27x faster on an Intel "
+        f"Xeon, long prompts 20% slower; setting OPENBLAS_CORETYPE at all keeps OpenBLAS's choice)")
     server.serve(model, host=args.host, port=args.port, api_key=args.api_key or None, max_rows=args.max_rows,
-                 max_waiting=args.max_waiting, model_name=args.served_model_name or args.model)
+                 max_waiting=args.max_waiting, model_name=args.served_model_name or args.model, note=note)
     return 0
 
 
 def start_again_with(kernels: str) -> None:
-    """Run this command again in this process (os.execv: the same process id) with OPENBLAS_CORETYPE=kernels:
-    OpenBLAS reads it only when NumPy loads it, so nothing else can change its kernels (see cores)."""
-    print(f"npgpt serve: OpenBLAS chose its {cores.blas_kernels()} kernels, slow at a few rows a step: starting "
-          f"again with OPENBLAS_CORETYPE={kernels} (16 clients were served 1.27x faster on an Intel Xeon, long prompts "
-          f"20% slower; setting OPENBLAS_CORETYPE at all keeps OpenBLAS's choice)", file=sys.stderr, flush=True)
+    """Run this command again in this process (os.execve: the same process id) with OPENBLAS_CORETYPE=kernels:
+    OpenBLAS reads it only when NumPy loads it, so nothing else can change its kernels (see cores). The command
+    says which kernels OpenBLAS had chosen, for serve to note after its address (what a script reads first)."""
+    chosen = cores.blas_kernels()
     sys.stdout.flush()
+    sys.stderr.flush()
     try:
-        os.execve(sys.executable, sys.orig_argv, {**os.environ, "OPENBLAS_CORETYPE": kernels})
+        os.execve(sys.executable, sys.orig_argv + ["--started-again-from", chosen],
+                  {**os.environ, "OPENBLAS_CORETYPE": kernels})
     except OSError as e:  # then serve as we are
-        print(f"npgpt serve: could not start again ({e}); serving with {cores.blas_kernels()} kernels",
-              file=sys.stderr, flush=True)
+        print(f"npgpt serve: could not start again with OPENBLAS_CORETYPE={kernels} ({e}); serving with OpenBLAS's "
+              f"{chosen} kernels", file=sys.stderr, flush=True)
 
 
 def run_generate(args) -> int:

@@ -495,9 +495,9 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_rows: int = 16,
-          max_waiting: int = 64, model_name: str | None = None) -> None:
+          max_waiting: int = 64, model_name: str | None = None, note: str | None = None) -> None:
     """Serve `model` until SIGINT (Ctrl-C) or SIGTERM, then stop cleanly: no new connections, the jobs under way
-    cancelled, the scheduler closed."""
+    cancelled, the scheduler closed. note: a line to print after the address (which is what a script reads first)."""
     if not is_loopback(host):
         print(f"npgpt serve: warning: --host {host} lets other machines reach this server"
               f"{'' if api_key else ' and, without --api-key, use it'}; --host 127.0.0.1 keeps it local",
@@ -509,6 +509,8 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None 
     try:
         print(f"npgpt serve: {server.model_name} on {server.url} (POST /v1/completions, GET /v1/models, "
               f"GET /health){'; API key required' if api_key else ''}; Ctrl-C stops", file=sys.stderr, flush=True)
+        if note:
+            print(f"npgpt serve: {note}", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass
     finally:

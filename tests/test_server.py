@@ -591,7 +591,7 @@ def test_npgpt_serve_answers_and_stops_on_sigterm():
     assert "API key required" in banner and "POST /v1/completions 200 1+2 tokens" in rest
     assert rest.rstrip().endswith("npgpt serve: stopped") and "Traceback" not in rest
     note = f"\nnpgpt serve: OpenBLAS chose its {cores.blas_kernels()} kernels, slow at a few rows a step: started " \
-        f"again with OPENBLAS_CORETYPE={kernels} ("
+        f"again with OPENBLAS_CORETYPE={kernels} and now runs its {kernels} ones ("
     assert (note in "\n" + rest) == bool(kernels), rest  # the address first, then the note
     if kernels:  # the same process, started again with other kernels
         assert not environ or f"OPENBLAS_CORETYPE={kernels}".encode() in environ.split(b"\0")

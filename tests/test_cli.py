@@ -418,12 +418,24 @@ class StartedAgain(Exception):
     pass
 
 
+@pytest.fixture
+def avx512_openblas(monkeypatch):
+    """OpenBLAS as on an AVX-512 CPU where it chose its own kernels, and `npgpt serve --model /no/such/model` as
+    this process's command line."""
+    from npgpt import cores
+
+    monkeypatch.setattr(cores, "kernels_for_batches", lambda: "Haswell")
+    monkeypatch.setattr(cores, "blas_kernels", lambda: "SkylakeX")
+    monkeypatch.setattr(sys, "argv", ["npgpt", "serve", "--model", "/no/such/model"])
+
+
 @pytest.mark.parametrize("own_process", [True, False])
 def test_serve_starts_again_with_the_kernels_for_batches_only_as_its_process_own_command(monkeypatch, capsys,
+                                                                                        avx512_openblas,
                                                                                         own_process):
     """On OpenBLAS's AVX-512 kernels, `npgpt serve` runs itself again (same process) with OPENBLAS_CORETYPE set;
     main() called with arguments is a caller's process, which it must not replace."""
-    from npgpt import cli, cores
+    from npgpt import cli
 
     calls = []
 
@@ -431,10 +443,7 @@ def test_serve_starts_again_with_the_kernels_for_batches_only_as_its_process_own
         calls.append((path, argv, env))
         raise StartedAgain
 
-    monkeypatch.setattr(cores, "kernels_for_batches", lambda: "Haswell")
-    monkeypatch.setattr(cores, "blas_kernels", lambda: "SkylakeX")
     monkeypatch.setattr(os, "execve", execve)
-    monkeypatch.setattr(sys, "argv", ["npgpt", "serve", "--model", "/no/such/model"])
     monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "npgpt", "serve", "--model", "/no/such/model"])
     if own_process:
         with pytest.raises(StartedAgain):
@@ -448,16 +457,13 @@ def test_serve_starts_again_with_the_kernels_for_batches_only_as_its_process_own
         assert capsys.readouterr().err.startswith("npgpt: error: /no/such/model")
 
 
-def test_serve_serves_as_it_is_when_it_cannot_start_again(monkeypatch, capsys):
-    from npgpt import cli, cores
+def test_serve_serves_as_it_is_when_it_cannot_start_again(monkeypatch, capsys, avx512_openblas):
+    from npgpt import cli
 
     def execve(path, argv, env):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cores, "kernels_for_batches", lambda: "Haswell")
-    monkeypatch.setattr(cores, "blas_kernels", lambda: "SkylakeX")
     monkeypatch.setattr(os, "execve", execve)
-    monkeypatch.setattr(sys, "argv", ["npgpt", "serve", "--model", "/no/such/model"])
     assert cli.main() == 1  # went on to load the model
     err = capsys.readouterr().err.splitlines()
     assert err[0] == ("npgpt serve: could not start again with OPENBLAS_CORETYPE=Haswell ([Errno 13] Permission "

@@ -15,11 +15,12 @@ import sys
 
 from . import __version__, batch, cores, hub, load, plots
 from .cli_args import (GENERATE_BAR, Parser, add_decoding_arguments, add_model_arguments, early_stopping,
-                       generation_settings, load_model, non_negative_int, port_number, positive_int,
-                       progress_setting)
+                       generation_settings, load_model, milliseconds_to_1s, non_negative_int, port_number,
+                       positive_int, progress_setting)
 from .cli_study import EXPERIMENTS, add_experiment
 from .errors import NpgptError
 from .progress import Progress, wanted
+from .scheduler import GATHER
 
 
 def build_parser() -> Parser:
@@ -81,6 +82,9 @@ def build_parser() -> Parser:
     srv.add_argument("--max-rows", type=positive_int, default=16, help="rows decoded together at most (16)")
     srv.add_argument("--max-waiting", type=positive_int, default=64,
                      help="requests that may wait for a place before the server answers 429 (64)")
+    srv.add_argument("--gather-ms", type=milliseconds_to_1s, default=round(1000 * GATHER),
+                     help=f"when idle, wait this long after a request for another before starting, so that a burst "
+                          f"of requests decodes together ({round(1000 * GATHER)}; 0: start at once)")
     srv.add_argument("--started-again-from", help=argparse.SUPPRESS)  # set by start_again_with only
     srv.set_defaults(run=run_serve)
 
@@ -126,7 +130,7 @@ def run_serve(args) -> int:
         f"clients were served 1.27x faster on an Intel Xeon, long prompts 20% slower; setting OPENBLAS_CORETYPE at "
         f"all keeps OpenBLAS's choice)")
     server.serve(model, host=args.host, port=args.port, api_key=args.api_key or None, max_rows=args.max_rows,
-                 max_waiting=args.max_waiting, model_name=args.served_model_name or args.model, note=note)
+                 max_waiting=args.max_waiting, gather=args.gather_ms / 1000, model_name=args.served_model_name or args.model, note=note)
     return 0
 
 

@@ -28,6 +28,7 @@ def integer_from(low: int, high: int | None = None):
 
 
 non_negative_int, positive_int, port_number = integer_from(0), integer_from(1), integer_from(0, 65535)
+milliseconds_to_1s = integer_from(0, 1000)
 
 
 def word_value(text: str) -> tuple[str, float]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import deque
 
 from .errors import BusyError, NpgptError, SettingsError
@@ -27,6 +28,8 @@ from .speculative import verify
 
 log = logging.getLogger("npgpt.scheduler")
 CANCELLED = "cancelled"  # a Row's finish_reason when its job was cancelled
+GATHER = 0.005  # seconds: an idle scheduler waits this long after each request for another, before prefilling
+GATHERING_LIMIT = 10  # at most this many times GATHER in all
 
 
 class Job:
@@ -93,13 +96,17 @@ class _Running:
 
 class Scheduler:
     """The decode loop of a server: jobs wait in a queue (at most max_waiting), run together on at most
-    max_rows rows (a job larger than that runs alone), and leave as they finish."""
+    max_rows rows (a job larger than that runs alone), and leave as they finish. gather: seconds an idle
+    scheduler waits after a request for another (see _gather; 0: none)."""
 
-    def __init__(self, model, max_rows: int = 16, max_waiting: int = 64):
+    def __init__(self, model, max_rows: int = 16, max_waiting: int = 64, gather: float = GATHER):
         for name, value in (("max_rows", max_rows), ("max_waiting", max_waiting)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{name} must be a positive integer, got {value!r}")
-        self.model, self.max_rows, self.max_waiting = model, max_rows, max_waiting
+        if not isinstance(gather, (int, float)) or isinstance(gather, bool) or not 0 <= gather <= 1:
+            raise SettingsError(f"gather must be between 0 and 1 second, got {gather!r}")
+        self.model, self.max_rows, self.max_waiting, self.gather = model, max_rows, max_waiting, gather
+        self._submitted = 0  # jobs submitted so far: the gathering sees whether another came
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -139,9 +146,10 @@ class Scheduler:
         with self._wake:
             if self._stopping:
                 raise BusyError("the server is shutting down")
-            if len(self._waiting) >= self.max_waiting:
-                raise BusyError(f"{len(self._waiting)} requests are already waiting; try again shortly")
+            if self.waiting >= self.max_waiting:
+                raise BusyError(f"{self.waiting} requests are already waiting; try again shortly")
             self._waiting.append(job)
+            self._submitted += 1
             self._wake.notify()
         return job
 
@@ -151,7 +159,8 @@ class Scheduler:
 
     @property
     def waiting(self) -> int:
-        return len(self._waiting)
+        """Jobs waiting for a place (cancelled ones, about to be dropped, are not counted)."""
+        return sum(not job._cancelled for job in self._waiting)
 
     # ------------------------------------------------------------------------------------------- the loop's side
 
@@ -160,6 +169,8 @@ class Scheduler:
             with self._wake:
                 while not self._stopping and not self._waiting and self.batch is None:
                     self._wake.wait()
+                if self.batch is None and not self._stopping:
+                    self._gather()
                 if self._stopping:
                     return
             try:
@@ -171,6 +182,19 @@ class Scheduler:
                 for job in [r.job for r in self.running]:
                     job._finish(error)
                 self.running, self.batch = [], None
+
+    def _gather(self) -> None:
+        """Woken from idle by a request: wait while others keep coming, each within `gather` seconds of the last
+        (GATHERING_LIMIT x gather at most in all, and no longer once they fill max_rows), so that a burst of
+        requests is prefilled in one forward pass and decodes together from its first step. A lone request
+        waits `gather` (5 ms: about 1% of a 32-token request on 2 cores). Called holding self._wake."""
+        deadline = time.monotonic() + GATHERING_LIMIT * self.gather
+        while (not self._stopping and sum(len(job.rows) for job in self._waiting if not job._cancelled) < self.max_rows
+               and time.monotonic() < deadline):
+            seen = self._submitted
+            self._wake.wait(min(self.gather, max(0.0, deadline - time.monotonic())))
+            if self._submitted == seen:
+                return
 
     def _admit(self) -> None:
         """Prefill the waiting jobs whose rows fit in max_rows (a job larger than that runs once the batch is

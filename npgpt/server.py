@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlsplit
 from . import __version__, openai_api
 from .errors import BusyError, NpgptError, SettingsError
 from .openai_api import ApiError, error_body
-from .scheduler import Scheduler
+from .scheduler import GATHER, Scheduler
 
 MAX_BODY = 1 << 20  # bytes of a request body (1 MiB): larger ones are refused before they are read
 IDLE_TIMEOUT = 120  # seconds a connection may wait for a request, or for a client to take a chunk
@@ -57,14 +57,14 @@ class Server:
 
     def __init__(self, model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                  model_name: str | None = None, scheduler=None, max_rows: int = 16, max_waiting: int = 64,
-                 max_body: int = MAX_BODY, log=None):
+                 gather: float = GATHER, max_body: int = MAX_BODY, log=None):
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
             raise SettingsError(f"port must be an integer from 0 to 65535 (0: any free port), got {port!r}")
         self.model, self.api_key, self.max_body, self._log = model, api_key, max_body, log
         self.model_name = model_name or model.name or "gpt2"
         self.created = int(time.time())
         self.scheduler = scheduler if scheduler is not None else Scheduler(model, max_rows=max_rows,
-                                                                           max_waiting=max_waiting)
+                                                                           max_waiting=max_waiting, gather=gather)
         self._owns_scheduler = scheduler is None
         self._jobs, self._lock, self._log_lock = set(), threading.Lock(), threading.Lock()
         try:
@@ -495,7 +495,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_rows: int = 16,
-          max_waiting: int = 64, model_name: str | None = None, note: str | None = None) -> None:
+          max_waiting: int = 64, gather: float = GATHER, model_name: str | None = None,
+          note: str | None = None) -> None:
     """Serve `model` until SIGINT (Ctrl-C) or SIGTERM, then stop cleanly: no new connections, the jobs under way
     cancelled, the scheduler closed. note: a line to print after the address (which is what a script reads first)."""
     if not is_loopback(host):
@@ -503,7 +504,7 @@ def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None 
               f"{'' if api_key else ' and, without --api-key, use it'}; --host 127.0.0.1 keeps it local",
               file=sys.stderr)
     server = Server(model, host=host, port=port, api_key=api_key, model_name=model_name, max_rows=max_rows,
-                    max_waiting=max_waiting).start()
+                    max_waiting=max_waiting, gather=gather).start()
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -91,6 +91,8 @@ def test_bad_arguments_are_one_line(micro_dir):
     one_line_error(npgpt(), code=2)
     line = one_line_error(npgpt("serve", "--model", micro_dir, "--port", "99999"), code=2)
     assert "--port" in line and "from 0 to 65535" in line
+    line = one_line_error(npgpt("serve", "--model", micro_dir, "--gather-ms", "5000"), code=2)
+    assert "--gather-ms" in line and "from 0 to 1000" in line
     # a flag the command does not have: the command's own help lists its flags, not npgpt's
     line = one_line_error(npgpt("topk", "Hi", "--model", micro_dir, "--k", "3"), code=2)
     assert line == "npgpt topk: error: unrecognized arguments: --k 3 (see npgpt topk --help)"
@@ -469,3 +471,14 @@ def test_serve_serves_as_it_is_when_it_cannot_start_again(monkeypatch, capsys, a
     assert err[0] == ("npgpt serve: could not start again with OPENBLAS_CORETYPE=Haswell ([Errno 13] Permission "
                       "denied); serving with OpenBLAS's SkylakeX kernels")
     assert err[1].startswith("npgpt: error: /no/such/model") and len(err) == 2
+
+
+@pytest.mark.parametrize("flag, gather", [([], 0.005), (["--gather-ms", "0"], 0.0), (["--gather-ms", "40"], 0.04)])
+def test_serve_passes_its_settings_to_the_server(monkeypatch, micro_dir, flag, gather):
+    from npgpt import cli, server
+
+    given = {}
+    monkeypatch.setattr(server, "serve", lambda model, **kw: given.update(kw))
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")  # no start again, whatever this CPU
+    assert cli.main(["serve", "--model", micro_dir, "--max-rows", "3", "--max-waiting", "7"] + flag) == 0
+    assert (given["max_rows"], given["max_waiting"], given["gather"]) == (3, 7, gather)

@@ -2,6 +2,7 @@
 model.generate gives with the same settings, whatever else is running."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +179,69 @@ def test_many_clients_at_once(tiny):
     for i, (text, settings) in results.items():
         assert text == model.generate(prompts[i], **settings)
     assert len(results) == 10
+
+
+def submit_every(s, seconds: float, count: int, model) -> threading.Thread:
+    """A thread that submits `count` small jobs, one every `seconds`."""
+    def submitting():
+        for i in range(count):
+            time.sleep(seconds)
+            s.submit([[1, 2, i]], dict(max_new_tokens=1))
+    thread = threading.Thread(target=submitting)
+    thread.start()
+    return thread
+
+
+def test_an_idle_scheduler_gathers_a_burst_before_its_prefill(tiny):
+    """Requests that keep coming within `gather` of each other wait for one another, so that one prefill
+    takes them all; a quiet `gather` ends the wait."""
+    model = tiny[0]
+    s = Scheduler(model, gather=0.5)
+    s.submit([[1, 2]], dict(max_new_tokens=1))
+    burst = submit_every(s, 0.05, 3, model)
+    with s._wake:
+        s._gather()
+    burst.join()
+    assert s.waiting == 4
+    s.close()
+
+
+def test_gathering_stops_at_its_limit_and_when_the_rows_are_full(tiny):
+    model = tiny[0]
+    s = Scheduler(model, max_waiting=1000, gather=0.02)  # at most GATHERING_LIMIT x 20 ms = 0.2 s
+    s.submit([[1, 2]], dict(max_new_tokens=1))
+    stream = submit_every(s, 0.005, 200, model)  # a second at least, never 20 ms quiet
+    with s._wake:
+        s._gather()
+    gathered = s.waiting
+    stream.join()
+    assert 1 < gathered < 201  # it waited for some, but did not wait for the stream to end
+    s.close()
+
+    full = Scheduler(model, max_rows=2, gather=1.0)
+    full.submit([[1, 2]], dict(max_new_tokens=1, n=2, temperature=1.0))  # two rows: as many as a batch takes
+    started = time.monotonic()
+    with full._wake:
+        full._gather()
+    assert time.monotonic() - started < 0.9  # did not wait a second for a request that could not join
+    full.close()
+
+
+def test_a_burst_decodes_from_one_prefill_and_gather_is_checked(tiny):
+    model = tiny[0]
+    s = Scheduler(model, max_rows=8, gather=0.3)
+    joins = []
+    join = s._join
+    s._join = lambda jobs: (joins.append(len(jobs)), join(jobs))
+    s.start()
+    jobs = []
+    for i in range(5):  # 50 ms apart: without gathering, the first would be prefilled alone
+        jobs.append(s.submit([[5, 6, i]], dict(max_new_tokens=3)))
+        time.sleep(0.05)
+    for job in jobs:
+        job.wait(timeout=30)
+    s.close()
+    assert joins == [5]
+    for bad in (-0.001, 1.5, "5", True, None):
+        with pytest.raises(SettingsError, match="gather"):
+            Scheduler(model, gather=bad)

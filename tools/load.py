@@ -182,6 +182,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny model and a few requests: a smoke test")
     parser.add_argument("--tokens", type=int, default=32, help="completion tokens a request (32)")
+    parser.add_argument("--gather-ms", type=int, help="npgpt serve's --gather-ms (default: its own)")
     parser.add_argument("--no-transformers", action="store_true", help="measure npgpt alone")
     parser.add_argument("--transformers-cli", default=shutil.which("transformers"),
                         help="the `transformers` command of a venv with transformers[serving] and accelerate")
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
 
     port = free_port()
     servers = [Server("npgpt", [sys.executable, "-m", "npgpt", "serve", "--model", model_dir, "--host", HOST,
-                                "--port", str(port), "--max-rows", str(max(levels))], port, model_dir)]
+                                "--port", str(port), "--max-rows", str(max(levels))]
+                      + ([] if args.gather_ms is None else ["--gather-ms", str(args.gather_ms)]), port, model_dir)]
     if not args.no_transformers:
         if not args.transformers_cli:
             parser.error("give --transformers-cli (from a venv with transformers[serving] and accelerate) or "

@@ -270,7 +270,7 @@ class Scheduler:
     def _choose(self, r: _Running, batch: Sequences, here: list[int]) -> list[tuple[int, int]]:
         """A token for each of a job's rows (batch rows `here`); returns (j, token) of the rows still going."""
         job, s = r.job, r.job.settings
-        logits = batch.logits[here][:, None]  # [A, 1, V]
+        logits = batch.logits[here[0]:here[-1] + 1, None]  # [A, 1, V]: a view (a job's rows are consecutive)
         rngs = [r.rngs[i] for i in r.rows] if r.rngs else None
         emitted = verify(s.sampler, r.rules, [batch.tokens[b] for b in here], logits, [[] for _ in here], rngs)
         steps, still = record(self.model.tokenizer, job.rows, r.rows, emitted, logits, s)

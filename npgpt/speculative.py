@@ -52,7 +52,8 @@ def verify(sampler, rules, histories: list[np.ndarray], logits: np.ndarray, draf
     position = 0
     while open_rows:
         here = [np.concatenate([histories[r], np.asarray(drafts[r][:position], np.int64)]) for r in open_rows]
-        processed = apply_rows(rules, here, logits[open_rows, position])  # [n, V]
+        rows = slice(None) if len(open_rows) == len(drafts) else open_rows  # all rows: a view, not a copy
+        processed = apply_rows(rules, here, logits[rows, position])  # [n, V]
         if draft_probs is None or not sampler.sampling:
             chosen = sampler.select(processed, [rngs[r] for r in open_rows] if rngs else None)
         else:

@@ -149,3 +149,32 @@ def test_a_left_padded_row_equals_the_row_alone(small):
     logits = model.forward(ids, attention_mask=mask).logits
     assert max_abs(logits[0, 3:], model(short)) <= 1e-5
     assert max_abs(logits[1], model(long)) <= 1e-5
+
+
+def test_decoding_several_rows_keeps_a_transposed_head_of_a_loaded_model_only(micro, micro_dir):
+    """A loaded checkpoint's head is read-only, so a transposed copy of it cannot go stale: decode steps of 2-32
+    rows make it once and read it; scoring (no cache) does not make it; a writeable head never has one."""
+    loaded = npgpt.GPT2.from_dir(micro_dir)
+    texts = [[5, 6, 7, 8], [9, 10, 11, 12]]
+    loaded(texts)  # a forward pass without a cache (scoring): no copy
+    loaded.unembed(np.ones((3, micro.config.n_embd), np.float32))
+    assert loaded._head_columns is None
+    out = loaded.generate(texts, max_new_tokens=6)  # a batch of two rows: decode steps with a cache
+    assert loaded._head_columns is not None
+    columns = loaded.head_columns()
+    assert columns is not None and columns is loaded.head_columns()  # made once
+    np.testing.assert_array_equal(columns, loaded.lm_head.T)
+    assert columns.flags.c_contiguous
+    same = micro.generate(texts, max_new_tokens=6)  # the same weights, writeable: the head as stored
+    assert [r.ids for r in out] == [r.ids for r in same]
+    cache = loaded.new_cache(2)
+    step = loaded.forward(np.array(texts), cache, last_only=True).logits
+    np.testing.assert_allclose(step, micro.forward(np.array(texts), last_only=True).logits, rtol=1e-5, atol=1e-5)
+
+    assert micro.head_columns() is None and micro._head_columns is None
+    micro.generate(texts, max_new_tokens=3)
+    assert micro._head_columns is None
+    assert loaded.processed(fold_ln=True).head_columns() is None  # processed weights are new, writeable arrays
+    view = np.ones((4, 4), np.float32)[:2]
+    view.flags.writeable = False  # read-only, but a view of a writeable array: it can change
+    assert not npgpt.model._read_only(view)

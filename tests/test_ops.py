@@ -148,9 +148,19 @@ def test_head_product_by_vocabulary_slices_is_the_whole_product(n, vocab):
     by slices, one row is one product."""
     x = rng.normal(size=(n, 24)).astype(np.float32)
     head = rng.normal(size=(vocab, 24)).astype(np.float32)  # [V, C], as wte
-    got = ops.head_product(x, head)
-    assert got.shape == (n, vocab) and got.dtype == np.float32
-    np.testing.assert_allclose(got, (x.astype(np.float64) @ head.T.astype(np.float64)), rtol=1e-4, atol=1e-4)
+    want = x.astype(np.float64) @ head.T.astype(np.float64)
+    for columns in (None, np.ascontiguousarray(head.T)):  # the head as stored, or a transposed copy [C, V] too
+        got = ops.head_product(x, head, columns)
+        assert got.shape == (n, vocab) and got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_head_product_reads_the_transposed_copy_for_2_to_32_rows():
+    head = rng.normal(size=(50, 8)).astype(np.float32)
+    marked = np.zeros((8, 50), np.float32)  # not head.T: shows which operand was read
+    for n, copy_read in ((1, False), (2, True), (32, True), (33, False)):
+        got = ops.head_product(rng.normal(size=(n, 8)).astype(np.float32), head, marked)
+        assert (got == 0).all() == copy_read, n
 
 
 @pytest.mark.parametrize("padded", [True, False])

@@ -130,7 +130,8 @@ def run_serve(args) -> int:
         f"clients were served 1.27x faster on an Intel Xeon, long prompts 20% slower; setting OPENBLAS_CORETYPE at "
         f"all keeps OpenBLAS's choice)")
     server.serve(model, host=args.host, port=args.port, api_key=args.api_key or None, max_rows=args.max_rows,
-                 max_waiting=args.max_waiting, gather=args.gather_ms / 1000, model_name=args.served_model_name or args.model, note=note)
+                 max_waiting=args.max_waiting, gather=args.gather_ms / 1000,
+                 model_name=args.served_model_name or args.model, note=note)
     return 0
 
 

@@ -129,7 +129,9 @@ def hooked_attention(q, k, v, keys_allowed, hooks: HookTable, prefix: str):
     """Attention with its scores and pattern passed through hook points: the whole [B, H, T, S] score matrix
     at once (a long prompt is not taken in blocks of queries here: T x S floats per head, and the keys no query
     may see are multiplied too). Masked scores are -inf in the hook, as in TransformerLens; the softmax treats
-    them as ops.attention does, so with hooks that change nothing the result is the plain path's.
+    them as ops.attention does, so with hooks that change nothing the result is, bit for bit, that of
+    forward(output_attentions=True), which also normalises the pattern (without it, the output is divided by the
+    softmax's sums instead: the same up to float32 rounding).
     q [B, H, T, D], k and v [B, H, S, D] -> output [B, H, T, D], pattern [B, H, T, S]."""
     t, s = q.shape[2], k.shape[2]
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.swapaxes(-1, -2)  # [B, H, T, S]
@@ -148,9 +150,9 @@ def layer_norm(x, w: LayerNorm, eps: float, hooks: HookTable | None = None, pref
     if hooks is None or not hooks.wants(prefix + "hook_scale", prefix + "hook_normalized"):
         return ops.layer_norm(x, w.weight, w.bias, eps)
     n = x.shape[-1]
-    centred = x - x.sum(axis=-1, keepdims=True) / n  # [B, T, C]
-    scale = hooks(prefix + "hook_scale", np.sqrt(np.square(centred).sum(axis=-1, keepdims=True) / n + eps))  # [B, T, 1]
-    normalized = hooks(prefix + "hook_normalized", centred / scale)  # [B, T, C]
+    centred = x - np.einsum("...c->...", x)[..., None] / n  # [B, T, C]
+    scale = hooks(prefix + "hook_scale", np.sqrt(np.einsum("...c,...c->...", centred, centred)[..., None] / n + eps))  # [B, T, 1]
+    normalized = hooks(prefix + "hook_normalized", centred * (1.0 / scale))  # [B, T, C]
     return normalized * w.weight + w.bias
 
 

@@ -180,6 +180,6 @@ def test_causal_attention_in_blocks_equals_the_masked_whole(t, past, padded):
     np.testing.assert_allclose(out[:, :, 5:], want_out[:, :, 5:], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(probs[:, :, 5:], want_probs[:, :, 5:], rtol=1e-5, atol=1e-6)
     assert (probs[0][..., ~ops.causal_allowed(t, past)] == 0).all()  # nothing above the diagonal (row 0: no padding)
-    out_only, none = ops.causal_attention(q, k, v, keys, need_probs=False, block=64)
-    np.testing.assert_array_equal(out_only, out)
-    assert none is None or t <= 64
+    out_only, none = ops.causal_attention(q, k, v, keys, need_probs=False, block=64)  # divides the output instead
+    np.testing.assert_allclose(out_only, out, rtol=1e-5, atol=1e-6)
+    assert none is None and np.isfinite(out_only).all()  # padding queries, with no key to see, are finite too

@@ -164,10 +164,17 @@ def _part(fn, lo: int, hi: int) -> None:
         _in_part.active = False
 
 
+# by_rows gives fn blocks of rows of about this size, so that the several passes an elementwise operation makes
+# over its block (GELU: eight) read it from the core's cache rather than from memory: the GELUs of a 512-token
+# prefill took 24-27 ms in total in blocks of 256 KB against 30-34 ms in one piece a core (Intel Xeon, 2 MB of L2
+# a core; an AMD EPYC has 512 KB, which a block and fn's temporary still fit in).
+BLOCK_BYTES = 256 * 1024
+
+
 def by_rows(fn):
-    """Decorator for an operation fn(x [..., F], *args) -> [..., F] in which each row of x is independent of the
-    others (GELU): with MANY_ROWS or more rows, they go in parts across the cores (split), each part computed by
-    fn itself and written into one output."""
+    """Decorator for an operation fn(x [..., F], *args, out=None) -> [..., F] in which each row of x is
+    independent of the others (GELU): with MANY_ROWS or more rows, they go in parts across the cores (split),
+    each part computed by fn itself, a block of rows at a time (BLOCK_BYTES), into its rows of one output."""
     @functools.wraps(fn)
     def run(x, *args, **kwargs):
         rows = x.reshape(-1, x.shape[-1])  # [N, F]
@@ -175,8 +182,12 @@ def by_rows(fn):
             return fn(x, *args, **kwargs)
         out = np.empty_like(rows)  # [N, F]
 
+        step = max(1, BLOCK_BYTES // rows[0].nbytes)
+
         def part(lo, hi):
-            out[lo:hi] = fn(rows[lo:hi], *args, **kwargs)
+            for start in range(lo, hi, step):
+                stop = min(start + step, hi)
+                fn(rows[start:stop], *args, out=out[start:stop], **kwargs)
         split(part, len(rows))
         return out.reshape(x.shape)
     return run

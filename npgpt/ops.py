@@ -21,15 +21,16 @@ MASKED = float(np.finfo(np.float32).min)
 
 
 @cores.by_rows
-def gelu(x: np.ndarray) -> np.ndarray:
+def gelu(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """GELU, tanh approximation (GPT-2's "gelu_new"). [...] -> [...]
 
         gelu(x) = 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3)))
 
-    evaluated step by step in a single temporary array: the MLP's activations are the largest array of a
-    prefill ([T, 4C]), and each extra temporary costs a pass over memory. Many rows are split across the cores.
+    evaluated step by step in one array, `out` if given: the MLP's activations are the largest array of a
+    prefill ([T, 4C]), and each extra temporary costs a pass over memory. Many rows are split across the cores,
+    a cache-sized block at a time (cores.by_rows).
     """
-    y = x * x
+    y = np.multiply(x, x, out=out)
     y *= SQRT_2_OVER_PI * 0.044715
     y += SQRT_2_OVER_PI
     y *= x  # sqrt(2 / pi) (x + 0.044715 x^3)

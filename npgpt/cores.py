@@ -167,7 +167,7 @@ def _part(fn, lo: int, hi: int) -> None:
 # by_rows gives fn blocks of rows of about this size, so that the several passes an elementwise operation makes
 # over its block (GELU: eight) read it from the core's cache rather than from memory: the GELUs of a 512-token
 # prefill took 24-27 ms in total in blocks of 256 KB against 30-34 ms in one piece a core (Intel Xeon, 2 MB of L2
-# a core; an AMD EPYC has 512 KB, which a block and fn's temporary still fit in).
+# a core; an AMD EPYC has 512 KB, which a block and its output still fit in).
 BLOCK_BYTES = 256 * 1024
 
 

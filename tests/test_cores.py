@@ -78,6 +78,9 @@ def test_operations_on_many_rows_give_what_the_whole_gives(three_parts, monkeypa
     x = rng.standard_normal((2, 50, 96), dtype=np.float32)  # 100 rows >= MANY_ROWS: split
     assert len(x.reshape(-1, 96)) >= cores.MANY_ROWS
     np.testing.assert_array_equal(ops.gelu(x), ops.gelu.__wrapped__(x))  # elementwise: the same bits
+    monkeypatch.setattr(cores, "BLOCK_BYTES", 7 * 96 * 4)  # blocks of 7 rows in each part, the last one shorter
+    other = rng.standard_normal(x.shape, dtype=np.float32)  # new values: a reused output buffer cannot pass
+    np.testing.assert_array_equal(ops.gelu(other), ops.gelu.__wrapped__(other))
     w, b = rng.standard_normal((96, 200), dtype=np.float32), rng.standard_normal(200, dtype=np.float32)
     y = ops.linear(x, w, b)  # 200 columns: parts of 64, 64 and 72 columns
     assert y.shape == (2, 50, 200) and y.dtype == np.float32
@@ -93,7 +96,7 @@ def test_operations_on_many_rows_give_what_the_whole_gives(three_parts, monkeypa
     assert ops.causal_attention(q, k, v, keys, need_probs=False)[1] is None
     head = rng.standard_normal((5000, 96), dtype=np.float32)  # [V, C]: 3 slices of the vocabulary
     np.testing.assert_allclose(ops.head_product(x[0], head), x[0] @ head.T, rtol=1e-5, atol=1e-4)
-    assert splits == [100, 4, 4, 4, 3]  # GELU rows, column blocks of 200, heads twice, vocabulary slices
+    assert splits == [100, 100, 4, 4, 4, 3]  # GELU rows twice, column blocks of 200, heads twice, vocabulary slices
 
 
 def _split_in_child(queue):

@@ -156,6 +156,19 @@ def kernels_for_batches() -> str | None:
     return "Haswell"
 
 
+def numpy_has(feature: str) -> bool:
+    """Whether NumPy found this CPU feature (a name of its own, "AVX512_SKX", "AVX2") and runs its code for it;
+    False when this NumPy cannot say. NPY_DISABLE_CPU_FEATURES turns features off."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__  # NumPy 2
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__  # NumPy 1
+        except ImportError:
+            return False
+    return bool(__cpu_features__.get(feature, False))
+
+
 def _part(fn, lo: int, hi: int) -> None:
     _in_part.active = True
     try:

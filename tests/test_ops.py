@@ -1,6 +1,7 @@
 """The operations, checked against their definitions (loops and formulas written out)."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -13,12 +14,25 @@ rng = np.random.default_rng(0)
 finite32 = st.floats(-50, 50, width=32)
 
 
-def test_gelu_is_the_tanh_approximation():
-    x = np.linspace(-6, 6, 101).astype(np.float32)
+@pytest.mark.parametrize("gelu", [ops.gelu, ops.gelu_by_tanh, ops.gelu_by_exp])
+def test_gelu_is_the_tanh_approximation(gelu):
+    x = np.concatenate([np.linspace(-6, 6, 101), [-200.0, -30.0, -9.6, 9.6, 30.0, 200.0]]).astype(np.float32)
     want = [0.5 * v * (1 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) for v in x.tolist()]
-    np.testing.assert_allclose(ops.gelu(x), want, rtol=1e-6, atol=1e-6)  # float32, as PyTorch computes it
-    assert ops.gelu(x).dtype == np.float32
-    assert ops.gelu(np.zeros(3, np.float32)).tolist() == [0.0, 0.0, 0.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exp(-2u) overflowing to inf far left is expected, not a warning
+        got = gelu(x)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)  # float32, as PyTorch computes it
+    assert got.dtype == np.float32
+    assert gelu(np.zeros(3, np.float32)).tolist() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("tanh_is_fast", [True, False])
+def test_gelu_takes_the_form_this_cpu_computes_fastest(tanh_is_fast, monkeypatch):
+    monkeypatch.setattr(ops, "TANH_IS_FAST", tanh_is_fast)
+    x = rng.normal(size=(3, 40)).astype(np.float32)
+    form = ops.gelu_by_tanh if tanh_is_fast else ops.gelu_by_exp
+    np.testing.assert_array_equal(ops.gelu(x), form(x))
+    np.testing.assert_allclose(ops.gelu_by_exp(x), ops.gelu_by_tanh(x), rtol=1e-6, atol=1e-7)
 
 
 def test_layer_norm_normalises_the_last_axis():

@@ -232,10 +232,11 @@ def products(model: npgpt.GPT2, rows: int, head_rows: int, last_rows: int | None
 def transcendentals(config: npgpt.GPT2Config, tokens: int):
     """A function evaluating only the exp and tanh that a prefill of `tokens` tokens needs at the least: exp of
     every score a causal softmax keeps (n_head x tokens (tokens + 1) / 2 a block, the last block's last query
-    only), tanh of every GELU input (tokens x 4 n_embd a block, one row in the last). NumPy evaluates them an
-    element at a time (about 1.4 ns each on the AMD EPYC, where a multiply takes 0.1 ns), so they bound a
-    prefill as the products do; split across the cores as npgpt splits a prefill (npgpt.cores)."""
-    from npgpt import cores
+    only), tanh of every GELU input (tokens x 4 n_embd a block, one row in the last), or exp where npgpt computes
+    GELU from exp (ops.TANH_IS_FAST). NumPy evaluates them far more slowly than a multiply (on the AMD EPYC about
+    1.4 ns an element against 0.1), so they bound a prefill as the products do; split across the cores as npgpt
+    splits a prefill (npgpt.cores)."""
+    from npgpt import cores, ops
 
     rng = np.random.default_rng(0)
     scores = -np.abs(rng.standard_normal(config.n_head * tokens * (tokens + 1) // 2, dtype=np.float32))
@@ -250,7 +251,7 @@ def transcendentals(config: npgpt.GPT2Config, tokens: int):
         for layer in range(config.n_layer):
             s, g = (len(scores), len(gelu_in)) if layer < config.n_layer - 1 else last
             evaluate(np.exp, scores, out[0], s)
-            evaluate(np.tanh, gelu_in, out[1], g)
+            evaluate(np.tanh if ops.TANH_IS_FAST else np.exp, gelu_in, out[1], g)
     return run
 
 

@@ -2,6 +2,9 @@
 result as the whole; OpenBLAS's thread count put back; errors raised; a forked child not left waiting."""
 
 import multiprocessing
+import os
+import platform
+import subprocess
 import sys
 import threading
 import time
@@ -143,3 +146,22 @@ def test_no_kernels_named_without_openblas(monkeypatch):
 def test_the_loaded_openblas_names_its_kernels():
     name = cores.blas_kernels()  # NumPy's wheels export openblas_get_corename
     assert name and name.isprintable() and name == name.strip()
+
+
+def test_numpy_names_the_cpu_features_it_runs_code_for():
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert cores.numpy_has("SSE2")  # every x86-64 CPU has it, and NumPy's baseline needs it
+        assert cores.numpy_has("AVX512_SKX") == ops.TANH_IS_FAST  # GELU's form follows this NumPy's tanh
+    assert cores.numpy_has("NO_SUCH_FEATURE") is False
+
+
+AVX512 = ("AVX512_SKX", "AVX512_CLX", "AVX512_CNL", "AVX512_ICL", "AVX512_SPR", "X86_V4")  # NumPy's names
+
+
+@pytest.mark.skipif(not cores.numpy_has("AVX512_SKX"), reason="no AVX-512 code in this NumPy on this CPU to turn off")
+def test_turning_numpy_off_its_avx512_code_turns_gelu_to_exp():
+    """NPY_DISABLE_CPU_FEATURES, read when NumPy starts: a fresh interpreter, as on a CPU without AVX-512."""
+    code = "from npgpt import cores, ops; print(cores.numpy_has('AVX512_SKX'), ops.TANH_IS_FAST)"
+    env = dict(os.environ, NPY_DISABLE_CPU_FEATURES=" ".join(f for f in AVX512 if cores.numpy_has(f)))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

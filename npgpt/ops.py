@@ -56,7 +56,7 @@ def gelu_by_tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 def gelu_by_exp(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """x / (1 + exp(-2 u)), in seven passes over one array. exp overflows to inf for x below about -9.5, where
+    """x / (1 + exp(-2 u)), in seven passes over one array. exp overflows to inf for x below about -10, where
     the quotient is the right limit, -0."""
     y = np.multiply(x, x, out=out)
     y *= -2.0 * SQRT_2_OVER_PI * 0.044715

@@ -15,8 +15,11 @@ def test_bench_runs_end_to_end_on_a_tiny_model(tmp_path):
     for row in ("decode batch 1 (tokens/s)", "prefill 64 tokens (tokens/s)", "ms per token at position ~892",
                 "cold start to first token (s)", "peak RSS (MB)", "floor:", "x the floor",
                 "ceilings from the products alone", "decode batch 4: ", "prefill 64 tokens: ",
-                "prefill 64 tokens with its exp and tanh: "):
+                "prefill 64 tokens with its exp and tanh: ", "prefill of 64 tokens timed in place"):
         assert row in out, row
+    parts = out.split("timed in place, ms")[1]
+    for part in ("whole", "products", "attention", "GELU", "LayerNorm", "cache writes", "the rest"):
+        assert f"{part} " in parts, part
     assert os.path.isfile(tmp_path / "quick" / "model.safetensors")
 
 

@@ -7,7 +7,9 @@
 Measures decode tokens/s at batch 1 (16-token prompt, 128 new tokens, greedy) and at batch 8, prefill tokens/s
 for a 512-token prompt, the time per token at position ~20 and ~900, whole-process cold start to the first
 generated token (a fresh python each time, weights already on disk) and peak RSS. Also the floor: the bytes
-of weights a decoded token must read, over the GEMV bandwidth measured here on the model's own matrices.
+of weights a decoded token must read, over the GEMV bandwidth measured here on the model's own matrices; the
+ceilings that the products alone set; and where npgpt's prefill spends its time (products, attention, GELU,
+LayerNorm, the cache's writes, the rest), timed in place.
 transformers is measured when it is installed (the `golden` extra); both use every core, float32.
 """
 
@@ -274,6 +276,48 @@ def ceilings(model: npgpt.GPT2, results: dict, runs: int) -> None:
         print(line + f" (npgpt reached {results['npgpt'][key]:.0f})")
 
 
+def prefill_parts(model: npgpt.GPT2, runs: int) -> dict:
+    """Where npgpt's prefill of PREFILL tokens spends its time, timed in place: for the duration, each of these
+    operations is wrapped in a timer where the model finds it (npgpt.ops, the cache's class). Medians over
+    `runs` prefills, seconds, with "the rest" (embeddings, residual sums, heads split and merged, ...)."""
+    from npgpt import kv_cache, ops
+
+    parts = {"products": (ops, ["linear", "head_product"]), "attention": (ops, ["causal_attention"]),
+             "GELU": (ops, ["gelu"]), "LayerNorm": (ops, ["layer_norm"]), "cache writes": (kv_cache.KVCache, ["update"])}
+    spent = dict.fromkeys(parts, 0.0)
+    originals = [(owner, name, getattr(owner, name)) for owner, names in parts.values() for name in names]
+
+    def timed(part, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - start
+        return run
+
+    ids = prompts(1, PREFILL)
+    samples = {part: [] for part in [*parts, "whole"]}
+    try:
+        for part, (owner, names) in parts.items():
+            for name in names:
+                setattr(owner, name, timed(part, getattr(owner, name)))
+        for run in range(runs + 1):  # the first run warms up
+            spent.update(dict.fromkeys(parts, 0.0))
+            start = time.perf_counter()
+            model.forward(ids, model.new_cache(1, PREFILL), last_only=True)
+            whole = time.perf_counter() - start
+            if run:
+                samples["whole"].append(whole)
+                for part in parts:
+                    samples[part].append(spent[part])
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    medians = {part: statistics.median(samples[part]) for part in ["whole", *parts]}
+    return {**medians, "the rest": medians["whole"] - sum(medians[part] for part in parts)}
+
+
 def float16_probe() -> tuple[float, float]:
     """ms to convert one 768 x 3072 float16 matrix to float32, and ms to multiply a vector by it in float32."""
     w32 = np.random.default_rng(0).standard_normal((768, 3072)).astype(np.float32)
@@ -385,6 +429,10 @@ def main(argv=None) -> int:
           f"GB/s (GEMV over the model's matrices, measured here) = {floor_ms:.1f} ms per token")
     print(f"npgpt decode batch 1: {per_token:.1f} ms per token = {per_token / floor_ms:.2f}x the floor")
     ceilings(model, results, args.runs)
+    parts = prefill_parts(model, args.runs)
+    print(f"npgpt's prefill of {PREFILL} tokens timed in place, ms (medians of {args.runs}): "
+          + ", ".join(f"{part} {seconds * 1e3:.1f}" for part, seconds in parts.items())
+          + " (attention's own per-head products count in attention)")
     convert, multiply = float16_probe()
     print(f"float16 weight store: converting a 768x3072 float16 matrix to float32 takes {convert:.2f} ms, "
           f"multiplying a vector by it in float32 {multiply:.3f} ms: NumPy has no fast float16 path, so a "

@@ -149,9 +149,8 @@ def layer_norm(x, w: LayerNorm, eps: float, hooks: HookTable | None = None, pref
     and normalized (x - mean) / scale [B, T, C] passed through prefix + hook_scale and hook_normalized."""
     if hooks is None or not hooks.wants(prefix + "hook_scale", prefix + "hook_normalized"):
         return ops.layer_norm(x, w.weight, w.bias, eps)
-    n = x.shape[-1]
-    centred = x - np.einsum("...c->...", x)[..., None] / n  # [B, T, C]
-    scale = hooks(prefix + "hook_scale", np.sqrt(np.einsum("...c,...c->...", centred, centred)[..., None] / n + eps))  # [B, T, 1]
+    centred, scale = ops.centre_and_scale(x, eps)  # [B, T, C], [B, T, 1]
+    scale = hooks(prefix + "hook_scale", scale)
     normalized = hooks(prefix + "hook_normalized", centred * (1.0 / scale))  # [B, T, C]
     return normalized * w.weight + w.bias
 

@@ -71,16 +71,21 @@ def gelu_by_exp(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
     """Normalise the last axis to mean 0 and variance 1, then scale and shift. [..., C] -> [..., C]
 
-    The sums are taken by einsum, without the temporary array that np.square(centred).sum() makes: the 25
-    LayerNorms of a 512-token prefill took 17 ms against 24 (Intel Xeon). As PyTorch, it multiplies by
-    1 / sqrt(var + eps)."""
-    n = x.shape[-1]
-    centred = x - np.einsum("...c->...", x)[..., None] / n  # [..., C], x - mean(x)
-    var = np.einsum("...c,...c->...", centred, centred)[..., None] / n  # [..., 1] (biased, as PyTorch's LayerNorm)
-    centred *= 1.0 / np.sqrt(var + eps)
+    As PyTorch, it multiplies by 1 / sqrt(var + eps)."""
+    centred, scale = centre_and_scale(x, eps)  # [..., C], [..., 1]
+    centred *= 1.0 / scale
     centred *= weight
     centred += bias
     return centred
+
+
+def centre_and_scale(x: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """LayerNorm's parts: x - mean(x) [..., C] and sqrt(var(x) + eps) [..., 1], the biased variance as
+    PyTorch's. The sums are taken by einsum, without the temporary array that np.square(centred).sum() makes: the
+    25 LayerNorms of a 512-token prefill took 17 ms against 24 (Intel Xeon)."""
+    n = x.shape[-1]
+    centred = x - np.einsum("...c->...", x)[..., None] / n  # [..., C]
+    return centred, np.sqrt(np.einsum("...c,...c->...", centred, centred)[..., None] / n + eps)
 
 
 def softmax(x: np.ndarray, axis: int = -1, out: np.ndarray | None = None) -> np.ndarray:

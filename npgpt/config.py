@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import InitVar, asdict, dataclass, fields
 
-from .errors import ConfigError
+from .errors import ConfigError, refuse_unknown_keywords
 
 # The activations that are GPT-2's tanh-approximated GELU under their various names.
 TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
@@ -15,6 +16,7 @@ TANH_GELU_NAMES = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 MAX_PARAMETERS = 20_000_000_000
 
 
+@refuse_unknown_keywords(ConfigError)
 @dataclass(frozen=True)
 class GPT2Config:
     n_layer: int = 12  # transformer blocks
@@ -137,9 +139,19 @@ class GPT2Config:
         return d
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
+        """Write config.json; the file appears only once it is complete."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp.{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise ConfigError(f"{path}: cannot write the config ({e.strerror or e}); "
+                              "free some space or choose another directory") from None
 
     def parameter_count(self) -> int:
         """Parameters of the model with the output projection tied to the token embedding (as GPT-2)."""

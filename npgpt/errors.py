@@ -4,6 +4,10 @@ Every one is an `NpgptError` (the CLI prints these as one line and exits 1, neve
 value also derive from ValueError, so code written against plain Python exceptions keeps working.
 """
 
+import difflib
+import functools
+import inspect
+
 
 class NpgptError(Exception):
     """Base class: anything npgpt reports about its input, its files or its environment."""
@@ -48,3 +52,27 @@ class BusyError(NpgptError):
 
 class PromptTruncatedWarning(UserWarning):
     """truncate_prompt=True cut a prompt that did not fit the context: the message says what was kept."""
+
+
+def did_you_mean(name, known) -> str:
+    """'; did you mean X?' with the known name closest to `name`, or '; known: ...' when none is close."""
+    close = difflib.get_close_matches(str(name), sorted(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; known: {', '.join(sorted(known))}"
+
+
+def refuse_unknown_keywords(error: type[NpgptError]):
+    """Class decorator for a dataclass: a misspelt keyword (GPT2Config(n_layers_=2)) is `error`, naming the
+    closest field, rather than Python's TypeError from the generated __init__."""
+    def decorate(cls):
+        init = cls.__init__
+        known = set(inspect.signature(init).parameters) - {"self"}
+
+        @functools.wraps(init)
+        def checked_init(self, *args, **kwargs):
+            unknown = sorted(set(kwargs) - known)
+            if unknown:
+                raise error(f"{cls.__name__}: unknown field {unknown[0]!r}{did_you_mean(unknown[0], known)}")
+            init(self, *args, **kwargs)
+        cls.__init__ = checked_init
+        return cls
+    return decorate

@@ -114,6 +114,9 @@ class Sampler:
             raise SettingsError(f"do_sample must be true or false, got {self.do_sample!r}")
         if self.temperature is not None:
             check_number("temperature", self.temperature, low=0.0)
+        if self.do_sample and self.temperature == 0:
+            raise SettingsError("do_sample=True asks for sampling and temperature=0 for greedy decoding; give one "
+                                "(a temperature > 0 to sample)")
         if not self.sampling and self.do_sample is not False:  # do_sample=False: greedy, whatever else is set
             for name in ("top_k", "top_p", "min_p", "typical_p"):
                 if self._active(name):
@@ -121,6 +124,10 @@ class Sampler:
                                         "(temperature 0 means greedy)")
         check_token_ids("logit_bias", [t for t in self.logit_bias or {} if isinstance(t, (int, np.integer))],
                         self.vocab_size)
+        if self.bad_words_ids is not None and (not isinstance(self.bad_words_ids, (list, tuple)) or not all(
+                isinstance(sequence, (list, tuple)) for sequence in self.bad_words_ids)):
+            raise SettingsError(f"bad_words_ids must be a list of token-id lists, such as [[262], [1110, 318]], "
+                                f"got {self.bad_words_ids!r:.80}")
         for sequence in self.bad_words_ids or []:
             if isinstance(sequence, (list, tuple)) and all(isinstance(t, (int, np.integer)) for t in sequence):
                 check_token_ids("bad_words_ids", sequence, self.vocab_size)

@@ -37,9 +37,15 @@ def load(name_or_path: str | os.PathLike, revision: str | None = None, *, offlin
     revision: a branch, tag or commit on the hub. offline: use the cache only (default: HF_HUB_OFFLINE).
     progress: a progress bar on stderr for large downloads (default: when stderr is a terminal).
     """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not os.fspath(name_or_path):
+        raise ConfigError(f"load takes a model's name ('gpt2', 'org/name') or a directory's path, "
+                          f"got {name_or_path!r}")
     path = os.fspath(name_or_path)
     if os.path.isfile(path):  # a checkpoint file: its config.json is beside it
         refuse_pickle(path)
+        if path.endswith(".json"):
+            raise ConfigError(f"{path} is a JSON file, not a checkpoint: load the directory it is in "
+                              f"({os.path.dirname(path) or '.'})")
         return GPT2.from_dir(os.path.dirname(path) or ".", weights=path)
     if os.path.isdir(path) or not hf_cache.looks_like_repo_id(path):
         return GPT2.from_dir(path)

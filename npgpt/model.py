@@ -17,12 +17,13 @@ import numpy as np
 
 from . import ops, processing
 from .config import GPT2Config
-from .errors import ConfigError, ContextLengthError, InputError, NpgptError, SettingsError
+from .errors import ConfigError, ContextLengthError, InputError, NpgptError, SettingsError, WeightsError
 from .generation import generate, stream_steps, stream_text
 from .hooks import ActivationCache, HookTable, check_hooks, hook_names, names_selected
 from .kv_cache import KVCache
 from .memory import check_fits
 from .prompts import prompt_ids
+from .rules import check_integer
 from .sampling import Sampler, apply, probabilities
 from .settings import GenerationConfig, Settings
 from .tokenizer import Tokenizer
@@ -230,6 +231,7 @@ class GPT2:
         config = GPT2Config.preset(config) if isinstance(config, str) else config
         if not isinstance(config, GPT2Config):
             raise ConfigError(f"GPT2.random takes a GPT2Config or a preset name, got {type(config).__name__}")
+        check_integer("seed", seed)
         check_fits(4 * config.parameter_count(), f"a random GPT-2 of {config.parameter_count():,} parameters",
                    "choose a smaller configuration", error=ConfigError)
         rng = np.random.default_rng(seed)
@@ -249,9 +251,18 @@ class GPT2:
         if self.processing:
             raise SettingsError(f"this model's weights were processed ({', '.join(self.processing)}): the official "
                                 "layout has no place for them; save the model before model.processed(...)")
-        os.makedirs(model_dir, exist_ok=True)
-        self.config.save(os.path.join(model_dir, "config.json"))
+        if not isinstance(model_dir, (str, os.PathLike)) or not os.fspath(model_dir):
+            raise SettingsError(f"save takes a directory's path, got {model_dir!r}")
+        if os.path.isfile(model_dir):
+            raise WeightsError(f"{os.fspath(model_dir)} is a file: save takes a directory (it writes config.json "
+                               "and model.safetensors there)")
+        try:
+            os.makedirs(model_dir, exist_ok=True)
+        except OSError as e:
+            raise WeightsError(f"{os.fspath(model_dir)}: cannot make this directory ({e.strerror or e}); "
+                               "choose another path") from None
         save_weights(self.state, os.path.join(model_dir, "model.safetensors"))
+        self.config.save(os.path.join(model_dir, "config.json"))  # last: a directory with one is complete
 
     @property
     def n_params(self) -> int:

@@ -205,10 +205,11 @@ def stream_one(model, prompt: str, settings: dict, echo: bool, progress: bool | 
 
 
 def print_logprobs(logprobs) -> None:
-    print(f"{'token':>16}  {'logprob':>8}  top alternatives")
+    alternatives = any(lp.top_logprobs for lp in logprobs)  # --logprobs N with N > 0
+    print(f"{'token':>16}  {'logprob':>8}" + ("  top alternatives" if alternatives else ""))
     for lp in logprobs:
         others = "  ".join(f"{a.token!r} {a.logprob:.3f}" for a in lp.top_logprobs)
-        print(f"{lp.token!r:>16}  {lp.logprob:8.3f}  {others}")
+        print(f"{lp.token!r:>16}  {lp.logprob:8.3f}" + (f"  {others}" if alternatives else ""))
 
 
 def main(argv: list[str] | None = None) -> int:

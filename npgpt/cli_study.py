@@ -240,7 +240,8 @@ def lens_arguments(c):
     c.add_argument("--target", type=token_argument, help="a token (one token's text, e.g. ' Paris', or an id) whose "
                                                          "rank is followed through the layers")
     c.add_argument("-k", type=int, default=5, help="top tokens per layer (5)")
-    c.add_argument("--position", type=int, default=-1, help="the position shown (-1: the last)")
+    c.add_argument("--position", type=int, default=-1,
+                   help="the position the table shows (-1: the last; --plot shows every position)")
 
 
 def patch_arguments(c):

@@ -348,6 +348,9 @@ def make_metric(model, clean_logits, corrupted_logits, metric="logit_diff", answ
     if metric == "logit_diff":
         w = int(np.argmax(corrupted_logits[0, -1])) if wrong is None else token_id(model, wrong, "wrong")
         text = model.tokenizer.token_text
+        if a == w:  # logit(a) - logit(a) is 0 whatever is patched: a table of zeros would mean nothing
+            raise SettingsError(f"the answer and the wrong token are both {text(a)!r} (the clean and corrupted runs "
+                                "predict the same token); give answer= and wrong= (--answer, --wrong) that differ")
         return (lambda logits: float((logits[:, -1, a] - logits[:, -1, w]).mean()),
                 f"logit({text(a)!r}) - logit({text(w)!r})")
     if metric == "logprob":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import os
+import warnings
 
 import numpy as np
 
@@ -74,7 +75,9 @@ def save(fig, path) -> str:
     check_path(path)
     path = figure_path(path)
     try:
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        with warnings.catch_warnings():  # a token's character the font lacks is drawn as a box: no need to warn
+            warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+            fig.savefig(path, dpi=120, bbox_inches="tight")
     except OSError as e:  # e.g. no permission, a full disk
         raise NpgptError(f"cannot write {path}: {e.strerror or e}") from None
     return path

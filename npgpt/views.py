@@ -6,7 +6,11 @@ shows at most MAX_ROWS rows and MAX_COLUMNS columns (what a terminal shows), and
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
+
+from .errors import SettingsError
 
 MAX_ROWS = 100  # candidates, tokens of a table
 MAX_COLUMNS = 64  # tokens of a matrix (attention, mask, hidden)
@@ -24,6 +28,12 @@ def bar(fraction: float, width: int = 30) -> str:
 def token(text: str) -> str:
     """A token shown unambiguously: its repr, so spaces and newlines are visible."""
     return repr(text)
+
+
+def percent(p: float) -> str:
+    """A probability as a percentage, with two significant digits below 0.1% (an untrained model's 1.8e-4 shows as
+    0.018%, not 0.0%)."""
+    return f"{p:.1%}" if p >= 0.001 or p == 0 else f"{100 * p:.2g}%"
 
 
 def left_out(shown: int, total: int, what: str) -> list[str]:
@@ -68,12 +78,12 @@ def trace_header(prompt, settings: dict | None = None) -> str:
 def trace_step(s) -> str:
     """One step of a trace: the text so far, then the logits' shape, the choice and its runners-up."""
     shown = s.runners_up[:MAX_ROWS]
-    others = ", ".join(f"{token(c.token)} {c.probability:.1%}" for c in shown)
+    others = ", ".join(f"{token(c.token)} {percent(c.probability)}" for c in shown)
     if len(shown) < len(s.runners_up):
         others += f", ... ({len(s.runners_up) - len(shown):,} more)"
     return (f"Step {s.step}: {s.text!r}\n"
             f"    logits {list(s.logits_shape)}  chose {token(s.chosen.token)} (id {s.chosen.id}, "
-            f"p={s.chosen.probability:.1%})  runners-up: {others}")
+            f"p={percent(s.chosen.probability)})  runners-up: {others}")
 
 
 def attention(result, layer: int, head: int, values: bool = False) -> str:
@@ -195,14 +205,17 @@ def _signed(value: float, top: float, width: int = 20) -> str:
 def logit_lens(lens, position: int = -1) -> str:
     """Each layer's top tokens at one position (default the last), and the target's rank and probability."""
     t = len(lens.tokens)
-    position %= t
+    if not isinstance(position, numbers.Integral) or not -t <= position < t:
+        raise SettingsError(f"position must be an integer in {-t}..{t - 1} (the prompt has {t} tokens), "
+                            f"got {position!r}")
+    position = int(position) % t
     head = f"logit lens at position {position} ({token(lens.tokens[position])})"
     if lens.target is not None:
         head += ", target rank and probability"
     lines = [head]
     width = max(len(label) for label in lens.labels)
     for layer, label in enumerate(lens.labels):
-        tops = "  ".join(f"{token(tok)} {p:.1%}" for tok, p in zip(lens.top_tokens[layer][position],
+        tops = "  ".join(f"{token(tok)} {percent(p)}" for tok, p in zip(lens.top_tokens[layer][position],
                                                                    lens.top_probs[layer, position]))
         target = ""
         if lens.target is not None:
@@ -227,10 +240,10 @@ def direct_logit_attribution(result, most: int = 20) -> str:
 def _matrix(values: np.ndarray, rows: list[str], columns: list[str], title: str) -> str:
     """A signed matrix as numbers: rows by columns (at most MAX_COLUMNS columns)."""
     columns = columns[:MAX_COLUMNS]
-    width = max(8, max(len(c) for c in columns) + 1)
-    lines = [title, f"{'':>8}" + "".join(f"{c[:width - 1]:>{width}}" for c in columns)]
+    widths = [max(8, len(c) + 1) for c in columns]  # each column as wide as its label needs
+    lines = [title, f"{'':>8}" + "".join(f"{c:>{w}}" for c, w in zip(columns, widths))]
     for name, row in zip(rows, values):
-        lines.append(f"{name:>8}" + "".join(f"{v:>{width}.3f}" for v in row[:len(columns)]))
+        lines.append(f"{name:>8}" + "".join(f"{v:>{w}.3f}" for v, w in zip(row, widths)))
     return "\n".join(lines + left_out(len(columns), values.shape[1], "columns"))
 
 

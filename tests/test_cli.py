@@ -1,6 +1,7 @@
 """The npgpt command: streams text, and bad input is one line on stderr with a non-zero exit."""
 
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import entry_points
@@ -260,6 +261,10 @@ def test_logprobs_table(micro_dir):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[1].split()[:2] == ["token", "logprob"] and len(lines) == 5
+    assert lines[1].endswith("top alternatives")
+    r = npgpt("generate", "Hello", "--model", micro_dir, "--max-new-tokens", "3", "--logprobs")
+    lines = r.stdout.splitlines()  # without N, no column of alternatives (it would be empty)
+    assert lines[1].split() == ["token", "logprob"] and all(re.search(r"\s-?\d+\.\d{3}$", line) for line in lines[2:])
 
 
 def test_bad_decoding_flags_are_one_line(micro_dir):

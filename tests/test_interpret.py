@@ -132,7 +132,7 @@ def test_views_and_figures(small, tmp_path):
         "logit_lens": study.logit_lens(model, ids, target=4),
         "direct_logit_attribution": study.direct_logit_attribution(model, ids, 4),
         "head_ablation": study.head_ablation(model, ids),
-        "patch": study.patch_heads(model, ids, ids[:5] + [99] + ids[6:]),
+        "patch": study.patch_heads(model, ids, ids[:5] + [99] + ids[6:], answer=4, wrong=7),
     }
     for name, result in results.items():
         assert getattr(views, name)(result) == str(result)
@@ -152,3 +152,21 @@ def test_cli_lens_and_patch(tmp_path):
     assert r.returncode == 1 and r.stderr.startswith("npgpt: error: the clean and corrupted prompts")
     r = cli("lens", "a", "--model", golden_dir("tiny"), "--target", " Paris is")
     assert r.returncode == 1 and "target must be one token" in r.stderr
+
+
+def test_a_lens_view_refuses_a_position_outside_the_prompt(small):
+    lens = study.logit_lens(small[0], list(range(6)))
+    assert views.logit_lens(lens, position=-6).startswith("logit lens at position 0")
+    for position in (6, -7):
+        with pytest.raises(npgpt.SettingsError, match="position must be an integer in -6..5"):
+            views.logit_lens(lens, position=position)
+
+
+def test_a_logit_difference_of_one_token_with_itself_is_refused(small):
+    model, _ = small
+    with pytest.raises(npgpt.SettingsError, match="the answer and the wrong token are both"):
+        study.patch(model, list(range(8)), list(range(8)), answer=4, wrong=4)
+
+
+def test_small_probabilities_keep_two_significant_digits():
+    assert [views.percent(p) for p in (0.5, 0.001, 1.8e-4, 4e-5, 0.0)] == ["50.0%", "0.1%", "0.018%", "0.004%", "0.0%"]

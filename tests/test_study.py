@@ -4,6 +4,7 @@ hidden): the numbers they show are the model's own."""
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -519,6 +520,17 @@ def test_a_figure_given_a_path_is_written_there(micro, tmp_path):
     assert (tmp_path / "plain.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(npgpt.NpgptError, match="name a png, svg"):
         plots.save(fig, tmp_path / "c.bmpx")
+
+
+@pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")
+def test_a_token_the_font_cannot_draw_is_saved_without_a_warning(micro, tmp_path):
+    from npgpt import plots
+
+    fig = plots.topk(study.topk(micro, "Hi", k=3))
+    fig.axes[0].set_title("\u4e2d")  # a CJK character: not in matplotlib's DejaVu Sans
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plots.save(fig, tmp_path / "cjk.png")
 
 
 @pytest.mark.skipif(not matplotlib_available(), reason="needs matplotlib (the plot extra)")

@@ -145,9 +145,10 @@ class Hub:
             if not existed:
                 remove_repo(folder)
             raise HubError(f"{label}: cannot reach {self.endpoint} ({e}) and the model is not cached; offline, use "
-                           "a local directory (--model path/to/dir with config.json and model.safetensors), an "
-                           "HF_ENDPOINT mirror, or an untrained model saved with python -c \"import npgpt; "
-                           "npgpt.GPT2.random('gpt2').save('gpt2-random')\" (then --model gpt2-random)") from None
+                           "a local directory with config.json and model.safetensors (--model path/to/dir, "
+                           "npgpt.load('path/to/dir')), a mirror (HF_ENDPOINT), or an untrained model saved with "
+                           "python -c \"import npgpt; npgpt.GPT2.random('gpt2').save('gpt2-random')\" (then "
+                           "--model gpt2-random)") from None
         except _Interrupted:
             raise  # its .incomplete file stays, to be resumed
         except NpgptError:

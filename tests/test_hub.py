@@ -504,9 +504,10 @@ def test_an_unreachable_hub_is_one_line_and_quick(tmp_path):
     assert time.monotonic() - start < 20  # one quick retry, not minutes of backoff
     assert r.returncode == 1 and r.stderr.strip().splitlines() == [
         "npgpt: error: gpt2 (openai-community/gpt2): cannot reach http://127.0.0.1:9 (connection refused) and the "
-        "model is not cached; offline, use a local directory (--model path/to/dir with config.json and "
-        "model.safetensors), an HF_ENDPOINT mirror, or an untrained model saved with python -c \"import npgpt; "
-        "npgpt.GPT2.random('gpt2').save('gpt2-random')\" (then --model gpt2-random)"]
+        "model is not cached; offline, use a local directory with config.json and "
+        "model.safetensors (--model path/to/dir, npgpt.load('path/to/dir')), a mirror (HF_ENDPOINT), or an "
+        "untrained model saved with python -c \"import npgpt; npgpt.GPT2.random('gpt2').save('gpt2-random')\" "
+        "(then --model gpt2-random)"]
 
 
 # ------------------------------------------------------------------------------- a damaged cache is repaired

@@ -40,6 +40,7 @@ class Job:
         self.error: Exception | None = None
         self._steps: queue.Queue = queue.Queue()
         self._done = threading.Event()
+        self._finishing = threading.Lock()  # the decode loop and fail() may finish a job at the same moment
         self._cancelled = False
 
     def steps(self, timeout: float | None = None):
@@ -65,6 +66,13 @@ class Job:
         """Stop: its rows leave the batch at the next step (a client that went away)."""
         self._cancelled = True
 
+    def fail(self, error: Exception) -> None:
+        """End the job now with `error` (a server shutting down): its waiters get the error at once, without
+        waiting for the decode loop, and its rows leave the batch at the next step. A job already done stays
+        as it ended."""
+        self._cancelled = True
+        self._finish(error)
+
     @property
     def done(self) -> bool:
         return self._done.is_set()
@@ -74,7 +82,9 @@ class Job:
             self._steps.put(step)
 
     def _finish(self, error: Exception | None = None) -> None:
-        if not self._done.is_set():
+        with self._finishing:
+            if self._done.is_set():
+                return
             self.error = error
             for row in self.rows:
                 if row.finish_reason is None:

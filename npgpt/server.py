@@ -9,7 +9,8 @@ One thread per connection (http.server.ThreadingHTTPServer) turns a request into
 decoding thread batches the rows of every job together; this module only translates HTTP to jobs and back. Every
 error is OpenAI's error object with its status; a failure inside npgpt is logged with its traceback and answered
 500, and the server goes on. One line per request (client, method, path, status, tokens, milliseconds) is logged
-on stderr.
+on stderr. On close (Ctrl-C, SIGTERM), each request under way is answered 503, or its stream ends on an error
+event, before the connections close (Server.close).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from .scheduler import GATHER, Scheduler
 MAX_BODY = 1 << 20  # bytes of a request body (1 MiB): larger ones are refused before they are read
 IDLE_TIMEOUT = 120  # seconds a connection may wait for a request, or for a client to take a chunk
 LINGER = 2.0  # seconds to read and drop a refused body, so that its sender gets the answer (not a reset)
+SHUTDOWN_WAIT = 2.0  # seconds the requests under way have, at close, to send their last answer (a 503, an error
+# event): then their connections are closed, so that a client that stopped reading cannot hold the exit
+SHUTTING_DOWN = "the server is shutting down"
 
 
 class ClientGone(Exception):
@@ -67,6 +71,9 @@ class Server:
                                                                            max_waiting=max_waiting, gather=gather)
         self._owns_scheduler = scheduler is None
         self._jobs, self._lock, self._log_lock = set(), threading.Lock(), threading.Lock()
+        self._answering = 0  # requests being handled (not the connections waiting for one)
+        self._answered = threading.Condition(self._lock)  # notified as each of them is answered
+        self.closing = False  # close() has begun: a new job is refused (503), each answer closes its connection
         try:
             self.httpd = _HTTPServer((host, port), self)
         except OSError as e:
@@ -95,20 +102,39 @@ class Server:
         return self
 
     def close(self) -> None:
-        """Stop accepting, cancel the jobs under way, close the connections, wait for their threads, close the
-        scheduler (when it is this server's own)."""
+        """Stop accepting; end the jobs under way with a 'shutting down' error, which their requests get (a 503,
+        or an error event that ends the stream); then close the connections, wait for their threads and close
+        the scheduler (when it is this server's own).
+
+        The order matters: a connection closed before its request's answer was written cuts its client off with
+        nothing (curl: 'Empty reply from server'), so the jobs end first, their threads get SHUTDOWN_WAIT
+        seconds to write that answer, and only then are the connections closed, which also frees a thread
+        blocked on a client that stopped reading."""
         if self._thread is not None:
             self.httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self._end_jobs()
+        if not self._wait_for_answers(SHUTDOWN_WAIT):
+            self.log(f"npgpt serve: {self._answering} request(s) had not sent their answer after "
+                     f"{SHUTDOWN_WAIT:g} s: their connections are closed")
+        self.httpd.close_connections()  # the idle ones, and any whose client would not take its answer in time
+        if self._owns_scheduler:
+            self.scheduler.close()
+        self.httpd.server_close()  # joins the connections' threads
+
+    def _end_jobs(self) -> None:
+        """End every job under way with the shutting-down error; no new job is taken (see submit)."""
         with self._lock:
+            self.closing = True
             jobs = list(self._jobs)
         for job in jobs:
-            job.cancel()
-        self.httpd.close_connections()
-        if self._owns_scheduler:
-            self.scheduler.close()  # a job still waiting ends with an error: its thread answers and returns
-        self.httpd.server_close()  # joins the connections' threads
+            job.fail(BusyError(SHUTTING_DOWN))  # its request's thread gets the error now and answers with it
+
+    def _wait_for_answers(self, seconds: float) -> bool:
+        """Wait until no request is being handled (True), or `seconds` pass (False)."""
+        with self._answered:
+            return self._answered.wait_for(lambda: self._answering == 0, timeout=seconds)
 
     def __enter__(self) -> "Server":
         return self.start() if self._thread is None else self
@@ -120,6 +146,8 @@ class Server:
 
     def submit(self, request: openai_api.CompletionRequest):
         """A job for the request, or the ApiError that says why the scheduler refused it."""
+        if self.closing:
+            raise job_error(BusyError(SHUTTING_DOWN))
         try:
             job = self.scheduler.submit(request.job_prompts(), request.settings)
         except BusyError as e:
@@ -128,12 +156,24 @@ class Server:
         except NpgptError as e:
             raise openai_api.scheduler_error(e) from None
         with self._lock:
+            if self.closing:  # close() began while the scheduler took it: _end_jobs did not see it
+                job.fail(BusyError(SHUTTING_DOWN))
             self._jobs.add(job)
         return job
 
     def forget(self, job) -> None:
         with self._lock:
             self._jobs.discard(job)
+
+    def answering(self) -> None:
+        """A request is being handled: close() waits (SHUTDOWN_WAIT at most) for its answer."""
+        with self._answered:
+            self._answering += 1
+
+    def answered(self) -> None:
+        with self._answered:
+            self._answering -= 1
+            self._answered.notify_all()
 
     @property
     def jobs(self) -> int:
@@ -165,6 +205,7 @@ class _HTTPServer(ThreadingHTTPServer):
     def __init__(self, address, app: Server):
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.app, self.connections, self._connections_lock = app, set(), threading.Lock()
+        self.cut_off = False  # close_connections was called: a write that fails from then on is ours, not the client's
         super().__init__(address, Handler)
 
     def server_bind(self):  # HTTPServer's looks the host name up (socket.getfqdn), which can take seconds
@@ -182,7 +223,9 @@ class _HTTPServer(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def close_connections(self) -> None:
-        """End every open connection: a thread waiting for the next request on it sees the end and returns."""
+        """End every open connection: a thread waiting for the next request on it sees the end and returns (one
+        writing to it, an error)."""
+        self.cut_off = True
         with self._connections_lock:
             connections = list(self.connections)
         for connection in connections:
@@ -223,15 +266,29 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def handle_request(self) -> None:
-        """Route the request and answer it; whatever happens, answer in OpenAI's shape and log one line."""
+        """Route the request and answer it; whatever happens, answer in OpenAI's shape and log one line that
+        says what was sent."""
         self.started, self.status, self.tokens, self.note = time.monotonic(), None, None, ""
         self.body_read = False
+        self.app.answering()
+        try:
+            self.answer_request()
+        except (ClientGone, ConnectionError, TimeoutError):  # closed, reset, silent for IDLE_TIMEOUT, or cut off
+            self.close_connection, self.note = True, self.not_sent_note()
+        finally:
+            self.log_line()
+            if self.close_connection and self.has_unread_body():
+                self.linger()
+            self.app.answered()
+
+    def answer_request(self) -> None:
+        """The answer, or OpenAI's error object; a connection that fails is handle_request's to note."""
         try:
             self.route()
         except ApiError as e:
             self.send_api_error(e)
-        except (ClientGone, ConnectionError, TimeoutError):  # closed, reset, or silent for IDLE_TIMEOUT
-            self.close_connection, self.note = True, "client went away"
+        except (ClientGone, ConnectionError, TimeoutError):
+            raise
         except Exception:  # a bug in npgpt: the traceback goes to the log, never to the client
             self.app.log(f"npgpt serve: error in {self.command} {self.path}:\n{traceback.format_exc().rstrip()}")
             self.note = "internal error, traceback above"
@@ -240,10 +297,12 @@ class Handler(BaseHTTPRequestHandler):
                                                type="server_error"))
             else:
                 self.close_connection = True
-        finally:
-            self.log_line()
-            if self.close_connection and self.has_unread_body():
-                self.linger()
+
+    def not_sent_note(self) -> str:
+        """The log's note when the connection failed: who closed it and, if an answer was being sent (a 503, an
+        error event), that it did not get through."""
+        why = "cut off by the server's shutdown" if self.server.cut_off else "client went away"
+        return f"not sent, {why}: {self.note}" if self.note else why
 
     def linger(self) -> None:
         """Close our side, then drop what the client still sends for a moment: closing with unread data would
@@ -422,7 +481,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
-        if self.has_unread_body():  # it would be read as the next request: close instead
+        if self.has_unread_body() or self.app.closing:  # an unread body would be read as the next request
             self.close_connection = True
         if self.close_connection:
             self.send_header("Connection", "close")
@@ -497,8 +556,9 @@ def is_loopback(host: str) -> bool:
 def serve(model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None, max_rows: int = 16,
           max_waiting: int = 64, gather: float = GATHER, model_name: str | None = None,
           note: str | None = None) -> None:
-    """Serve `model` until SIGINT (Ctrl-C) or SIGTERM, then stop cleanly: no new connections, the jobs under way
-    cancelled, the scheduler closed. note: a line to print after the address (which is what a script reads first)."""
+    """Serve `model` until SIGINT (Ctrl-C) or SIGTERM, then stop cleanly: no new connections, each request under
+    way answered 503 (a stream: an error event ends it), the scheduler closed (see Server.close).
+    note: a line to print after the address (which is what a script reads first)."""
     if not is_loopback(host):
         print(f"npgpt serve: warning: --host {host} lets other machines reach this server"
               f"{'' if api_key else ' and, without --api-key, use it'}; --host 127.0.0.1 keeps it local",

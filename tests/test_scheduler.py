@@ -7,8 +7,11 @@ import time
 import numpy as np
 import pytest
 
+import npgpt
 from npgpt import BusyError, DistributionError, SettingsError
 from npgpt.scheduler import CANCELLED, Scheduler
+
+from conftest import golden_dir
 
 CASES = [
     (["Hello, I am"], dict(max_new_tokens=12)),
@@ -152,6 +155,30 @@ def test_close_ends_waiting_jobs_with_an_error(tiny):
         job.wait(timeout=5)
     with pytest.raises(BusyError):
         s.submit([[1]], {})
+
+
+def test_fail_ends_a_running_job_at_once_and_its_rows_leave():
+    slow = npgpt.load(golden_dir("tiny"))
+    with slow.hooks(fwd_hooks=[("hook_embed", lambda x, hook: time.sleep(0.02))]):  # 20 ms a step
+        s = Scheduler(slow).start()
+        try:
+            job = s.submit([[1, 2, 3]], dict(max_new_tokens=50))
+            steps = job.steps(timeout=10)
+            next(steps)  # it runs (for a second)
+            job.fail(BusyError("the server is shutting down"))
+            with pytest.raises(BusyError, match="shutting down"):
+                job.wait(timeout=0)  # at once: done without the decode loop
+            with pytest.raises(BusyError, match="shutting down"):
+                for _ in steps:
+                    pass
+            deadline = time.monotonic() + 10
+            while s.running and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not s.running and len(job.rows[0].ids) < 50  # its row left the batch
+            job.fail(RuntimeError("later"))  # a job already done stays as it ended
+            assert isinstance(job.error, BusyError)
+        finally:
+            s.close()
 
 
 def test_many_clients_at_once(tiny):

@@ -21,7 +21,7 @@ import npgpt
 from npgpt import cores, ops
 from npgpt.errors import BusyError, DistributionError, NpgptError, SettingsError
 from npgpt.scheduler import CANCELLED, Scheduler
-from npgpt.server import MAX_BODY, Server, is_loopback
+from npgpt.server import MAX_BODY, SHUTDOWN_WAIT, Handler, Server, is_loopback
 
 from conftest import ROOT, golden_dir
 
@@ -595,3 +595,142 @@ def test_npgpt_serve_answers_and_stops_on_sigterm():
     assert (note in "\n" + rest) == bool(kernels), rest  # the address first, then the note
     if kernels:  # the same process, started again with other kernels
         assert not environ or f"OPENBLAS_CORETYPE={kernels}".encode() in environ.split(b"\0")
+
+
+# --------------------------------------------------------------------------------------------- shutting down
+
+
+def send_completion(address: tuple, body: dict) -> socket.socket:
+    """A socket that has sent POST /v1/completions with `body` to (host, port); 10 s timeouts on every call."""
+    sock = socket.create_connection(address, timeout=10)
+    data = json.dumps(body).encode()
+    sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return sock
+
+
+def read_to_end(sock: socket.socket, received: bytes = b"") -> bytes:
+    """All the server sends until it closes the connection."""
+    with sock:
+        while data := sock.recv(65536):
+            received += data
+    return received
+
+
+def parse_response(wire: bytes):
+    """(status, body text) of one HTTP response as it came over the wire; http.client checks its framing (a
+    chunked body must end with its last chunk: IncompleteRead otherwise)."""
+
+    class Wire:
+        def makefile(self, *args, **kwargs):
+            return io.BytesIO(wire)
+
+    response = http.client.HTTPResponse(Wire())
+    response.begin()
+    return response.status, response.read().decode()
+
+
+@pytest.fixture
+def slow_model():
+    """tiny, with every decoding step taking 20 ms (a forward hook): a 50-token request lasts a second."""
+    slow = npgpt.load(golden_dir("tiny"))
+    with slow.hooks(fwd_hooks=[("hook_embed", lambda x, hook: time.sleep(0.02))]):
+        yield slow
+
+
+SHUTTING_DOWN = "the server is shutting down; try again shortly"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_close_answers_the_requests_in_flight(slow_model, stream):
+    log = Log()
+    server = Server(slow_model, port=0, model_name="tiny", log=log).start()  # its own scheduler, closed with it
+    try:
+        body = {"prompt": PROMPT, "max_tokens": 50, "stream": stream, "temperature": 0}
+        sock = send_completion((server.host, server.port), body)
+        received = b""
+        if stream:
+            while b"data: " not in received:  # the first chunk came
+                received += sock.recv(65536) or pytest.fail("the connection closed before the first chunk")
+        else:
+            wait_for(lambda: server.scheduler.rows)  # the job is decoding
+    finally:
+        started = time.monotonic()
+        server.close()
+    assert time.monotonic() - started < 3
+    status, text = parse_response(read_to_end(sock, received))
+    line = [line for line in log.lines() if "POST /v1/completions" in line][-1]
+    if stream:  # the stream ends on an error event, as when a job fails mid-stream (no [DONE])
+        events = [event[len("data: "):] for event in text.split("\n\n") if event]
+        assert status == 200 and len(events) >= 2 and "[DONE]" not in events
+        assert json.loads(events[-1]) == {"error": {"message": SHUTTING_DOWN, "type": "server_busy", "param": None,
+                                                    "code": "server_busy"}}
+        assert re.search(rf" 200 \d+ ms \({re.escape(SHUTTING_DOWN)}\)$", line), line
+    else:
+        assert status == 503 and json.loads(text)["error"]["message"] == SHUTTING_DOWN
+        assert json.loads(text)["error"]["type"] == "server_busy"
+        assert re.search(rf" 503 \d+ ms \({re.escape(SHUTTING_DOWN)}\)$", line), line
+
+
+def test_close_does_not_wait_long_for_a_client_that_stopped_reading(model, monkeypatch):
+    """A stream bigger than the connection's buffers, to a client that reads nothing: its thread's write blocks,
+    and close() cuts the connection after SHUTDOWN_WAIT instead of waiting for it."""
+    setup = Handler.setup
+
+    def small_buffer(handler):  # a few KB, where loopback's would take the whole stream
+        handler.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        setup(handler)
+
+    monkeypatch.setattr(Handler, "setup", small_buffer)
+    log, scheduler = Log(), Recording(model).start()  # the caller's scheduler: the server fails its jobs itself
+    server = Server(model, port=0, model_name="tiny", scheduler=scheduler, log=log).start()
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect((server.host, server.port))
+        data = json.dumps({"prompt": PROMPT, "max_tokens": 60, "n": 4, "logprobs": 5, "stream": True}).encode()
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(data) + data)  # about 100 KB of chunks, none read
+        wait_for(lambda: scheduler.jobs and scheduler.jobs[0].done)  # all decoded: its thread is stuck writing
+    finally:
+        started = time.monotonic()
+        server.close()
+        scheduler.close()
+    assert SHUTDOWN_WAIT <= time.monotonic() - started < SHUTDOWN_WAIT + 3
+    line = [line for line in log.lines() if "POST /v1/completions" in line][-1]
+    assert " 200 " in line and "cut off by the server's shutdown" in line, line
+    assert "1 request(s) had not sent their answer after 2 s" in log.getvalue()
+    sock.close()
+
+
+def test_npgpt_serve_answers_the_requests_in_flight_on_sigint(tmp_path):
+    """Ctrl-C with two long requests under way: the one waiting for its whole answer gets its 503, the stream an
+    error event and its end, and the log says so; the server exits 0."""
+    config = npgpt.GPT2Config(n_layer=2, n_head=2, n_embd=64, n_positions=1024)  # 1,000 tokens: many seconds
+    npgpt.GPT2.random(config, seed=0).save(tmp_path / "model")
+    process = subprocess.Popen([sys.executable, "-m", "npgpt", "serve", "--model", str(tmp_path / "model"), "--port",
+                                "0", "--served-model-name", "m"], cwd=ROOT, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "NPGPT_PROGRESS": "0"})
+    try:
+        port = re.search(r"on http://127\.0\.0\.1:(\d+) ", process.stderr.readline()).group(1)
+        address = ("127.0.0.1", int(port))
+        whole = send_completion(address, {"prompt": "x", "max_tokens": 1000, "n": 4})
+        stream = send_completion(address, {"prompt": "x", "max_tokens": 1000, "n": 4, "stream": True})
+        received = b""
+        while b"data: " not in received:  # the stream's first chunk: both requests are under way
+            received += stream.recv(65536) or pytest.fail("the connection closed before the first chunk")
+        process.send_signal(signal.SIGINT)
+        whole_status, whole_text = parse_response(read_to_end(whole))
+        stream_status, stream_text = parse_response(read_to_end(stream, received))
+        process.wait(timeout=20)
+        rest = process.stderr.read()
+    finally:
+        process.kill()
+    assert process.returncode == 0 and "Traceback" not in rest, rest
+    assert whole_status == 503 and json.loads(whole_text)["error"]["message"] == SHUTTING_DOWN
+    events = [event[len("data: "):] for event in stream_text.split("\n\n") if event]
+    assert stream_status == 200 and json.loads(events[-1])["error"]["message"] == SHUTTING_DOWN
+    assert re.search(rf"POST /v1/completions 503 \d+ ms \({re.escape(SHUTTING_DOWN)}\)\n", rest), rest
+    assert re.search(rf"POST /v1/completions 200 \d+ ms \({re.escape(SHUTTING_DOWN)}\)\n", rest), rest
+    assert rest.rstrip().endswith("npgpt serve: stopped")

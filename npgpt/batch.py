@@ -10,7 +10,8 @@ A request is a JSON object with an "id" (a string or an integer, unique in the f
 A completion's "tokens" counts the generated tokens. A score's "tokens" counts the text's tokens and
 "token_logprobs" has one entry per token, null for the first (nothing predicts it); "logprob" is their sum and
 "perplexity" exp(-logprob / (tokens - 1)): the numbers of `npgpt score` (to float32 rounding). A request that cannot
-be done gives {"id", "error"} ({"line", "error"} when no id can be read) and the job goes on.
+be done gives {"id", "error"} ({"line", "error"} when no id can be read) and the job goes on. In OUT, each result
+also ends with "input_hash", a short hash of the line of IN it was made from (batch_output.input_hash).
 
 How a job runs:
 
@@ -24,14 +25,15 @@ How a job runs:
        -> results are written to OUT in input order, each line whole: one write() of the line and its newline,
           fsync'ed every few seconds; a result that completes before the ones ahead of it waits in memory.
 
-Resume: OUT is always the results of IN's first k lines. A rerun reads them (checking each belongs to the same
-line of IN), removes a torn last line (the job was killed while writing it), and continues from line k: it never
-duplicates a line. Identical results: the units are cut from the whole window, whatever the engine, the number
-of workers or how much of the window is already done (a unit with some lines done is run again whole), so a
-request's numbers never depend on where or when it ran. They may depend on its batch mates, in float32's last
-digits: padding changes how sums are rounded (and a greedy near-tie may tip); batch_size=1 gives exactly what
-generate() and study.score give. A request that samples without a seed gets one derived from the job's seed
-(--seed, default 0) and its id (`request_seed`): the job is reproducible, and a new --seed draws new samples.
+Resume: OUT is always the results of IN's first k lines. A rerun reads them (checking that each was made from the
+same line of IN: its id and its input_hash), removes a torn last line (the job was killed while writing it), and
+continues from line k: it never duplicates a line. Identical results: the units are cut from the whole window,
+whatever the engine, the number of workers or how much of the window is already done (a unit with some lines done
+is run again whole), so a request's numbers never depend on where or when it ran. They may depend on its batch
+mates, in float32's last digits: padding changes how sums are rounded (and a greedy near-tie may tip);
+batch_size=1 gives exactly what generate() and study.score give. A request that samples without a seed gets one
+derived from the job's seed (--seed, default 0) and its id (`request_seed`): the job is reproducible, and a new
+--seed draws new samples.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from . import load
 from .config import HUB_REPOS
 from .errors import InputError, NpgptError, SettingsError
 from .model import GPT2
-from .batch_output import Ordered, ResultFile, written_results
+from .batch_output import HASH_FIELD, Ordered, ResultFile, Written, input_hash, written_results
 from .batch_units import (BATCH_SIZE, BATCH_TOKENS, Request, parse_request, plan,  # noqa: F401 (public)
                           request_seed, run_unit, token_logprobs)
 
@@ -192,14 +194,17 @@ class Summary:
 class Job:
     """The requests of one input, run by an engine, their results passed to `emit` in input order."""
 
-    def __init__(self, model, engine, emit, written: list[str] | None = None, batch_size: int = BATCH_SIZE,
-                 batch_tokens: int = BATCH_TOKENS, progress: bool = False, total: int | None = None):
+    def __init__(self, model, engine, emit, written: list[Written] | None = None, batch_size: int = BATCH_SIZE,
+                 batch_tokens: int = BATCH_TOKENS, progress: bool = False, total: int | None = None,
+                 hashed: bool = False):
         self.model, self.engine, self.written = model, engine, written or []
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
         self.summary = Summary(skipped=len(self.written), workers=engine.workers, engine=engine.name)
         self.output = Ordered(self._count(emit), start=len(self.written))
         self.first_line: dict[str, int] = {}
         self.progress, self.total = progress, total
+        # hashed: the entries are the lines of a file (bytes), and each result carries its line's hash
+        self.hashed, self.hashes = hashed, {}  # hashes: {input index: hash} of the results still to come
 
     def _count(self, emit):
         def counted(result: dict) -> None:
@@ -219,7 +224,7 @@ class Job:
         with Progress("batch", todo, wanted(self.progress), unit="lines", transient=False) as bar:
             for unit, results in self.engine.map(self._units(entries, bar)):
                 for index, result in results:
-                    self.output.put(index, result)
+                    self._put(index, result)
                 bar.update(sum(1 for item in unit["items"] if item[0] >= len(self.written)))
         self.summary.seconds = time.monotonic() - start
         self.summary.workers = self.engine.workers  # Ray's default is known once the cluster is
@@ -227,11 +232,18 @@ class Job:
             raise NpgptError(f"only {self.output.next} of {self.summary.lines} results were written; rerun to resume")
         return self.summary
 
+    def _put(self, index: int, result: dict) -> None:
+        digest = self.hashes.pop(index, None)  # None unless hashed, and for a line already written (Ordered drops it)
+        self.output.put(index, result if digest is None else {**result, HASH_FIELD: digest})
+
     def _units(self, entries: Iterable, bar) -> Iterator[dict]:
         """The units still to run, window by window; error lines go straight to the output."""
         window = []
         for index, entry in enumerate(entries):
-            window.append(parse_request(index, entry))
+            request = parse_request(index, entry)
+            if self.hashed:
+                request.input_hash = input_hash(entry)
+            window.append(request)
             if len(window) == WINDOW:
                 yield from self._window(window, bar)
                 window = []
@@ -239,6 +251,17 @@ class Job:
         if self.summary.lines < len(self.written):
             raise NpgptError(f"the output already holds {len(self.written)} results but the input has only "
                              f"{self.summary.lines} lines: it belongs to another input; write to a new file")
+
+    def _check_written(self, r: Request) -> None:
+        """Refuses to resume when the result already written for r's line was made from another line."""
+        written, n = self.written[r.index], r.index + 1
+        if written.key != r.key:
+            raise NpgptError(f"line {n} of the output is the result for {written.key}, but line {n} of the input "
+                             f"is {r.key}: the output belongs to another input; write to a new file")
+        if written.input_hash is not None and written.input_hash != r.input_hash:
+            redo = f", or cut the output to its first {n - 1} lines to redo the rest" if n > 1 else ""
+            raise NpgptError(f"line {n} of the input changed after its result was written (line {n} of the output "
+                             f"was made from another request): write to a new file{redo}")
 
     def _window(self, requests: list[Request], bar) -> Iterator[dict]:
         done = len(self.written)
@@ -248,12 +271,13 @@ class Job:
                 first = self.first_line.setdefault(r.key, r.index)
                 if first != r.index:
                     r.kind, r.error = "error", f"duplicate id: line {first + 1} has it too; ids must be unique"
-            if r.index < done and self.written[r.index] != r.key:
-                raise NpgptError(f"line {r.index + 1} of the output is the result for {self.written[r.index]}, but "
-                                 f"line {r.index + 1} of the input is {r.key}: the output belongs to another input; "
-                                 "write to a new file")
-            if r.kind == "error" and r.index >= done:
-                self.output.put(r.index, r.failed(r.error))
+            if r.index < done:
+                self._check_written(r)
+                continue
+            if r.input_hash is not None:
+                self.hashes[r.index] = r.input_hash
+            if r.kind == "error":
+                self._put(r.index, r.failed(r.error))
                 bar.update(1)
         if requests and requests[-1].index >= done:  # a window wholly done is not planned again
             for unit in plan([r for r in requests if r.kind != "error"], self.model, self.batch_size,
@@ -334,7 +358,8 @@ def run_file(in_path: str, out_path: str, model="gpt2", *, workers: int | None =
     out = ResultFile(out_path)
     try:
         with open(in_path, "rb") as f:
-            return Job(loaded, runner, out.write, written, batch_size, batch_tokens, progress, total).run(f)
+            return Job(loaded, runner, out.write, written, batch_size, batch_tokens, progress, total,
+                       hashed=True).run(f)
     finally:
         out.close()
 

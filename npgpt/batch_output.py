@@ -1,8 +1,14 @@
 """A batch job's output file (npgpt.batch): results appended whole, in input order, and read back on resume.
+
+Each result line of a file ends with "input_hash", a short hash of the input line it was made from: a rerun
+checks the lines already written against the input it is given, so a request changed since (same id, another
+prompt) is not left with a stale result.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -11,6 +17,13 @@ import time
 from .errors import NpgptError
 
 FSYNC_SECONDS = 2.0
+HASH_FIELD = "input_hash"
+
+
+def input_hash(line: bytes) -> str:
+    """The first 12 hex digits of the SHA-256 of an input line without its line ending (the last line of a file
+    may lack one, and gain it when lines are added after it)."""
+    return hashlib.sha256(line.rstrip(b"\r\n")).hexdigest()[:12]
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -68,10 +81,18 @@ class ResultFile:
             os.close(self.fd)
 
 
-def written_results(path: str) -> list[str]:
-    """The keys (see Request.key) of the result lines already in OUT, after cutting off a torn last line (a line
-    without its newline or not JSON: the job was killed while writing it). Any other bad line is an error."""
-    keys, good = [], 0
+@dataclasses.dataclass(frozen=True)
+class Written:
+    """A result line already in OUT, as a rerun checks it against its input line."""
+
+    key: str  # what names it (see Request.key): its id, or its line number when it has none
+    input_hash: str | None  # None on a line written before npgpt recorded it: then only the key is checked
+
+
+def written_results(path: str) -> list[Written]:
+    """The result lines already in OUT, after cutting off a torn last line (a line without its newline or not
+    JSON: the job was killed while writing it). Any other bad line is an error."""
+    written, good = [], 0
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -83,15 +104,16 @@ def written_results(path: str) -> list[str]:
             result = _result_line(line)
             if result is None:
                 if f.read(1):
-                    raise NpgptError(f"{path}: line {len(keys) + 1} is not a result of npgpt batch; write the "
+                    raise NpgptError(f"{path}: line {len(written) + 1} is not a result of npgpt batch; write the "
                                      "results to a new file")
                 break
-            keys.append(f"id {json.dumps(result['id'])}" if "id" in result else f"line {result.get('line')}")
+            key = f"id {json.dumps(result['id'])}" if "id" in result else f"line {result.get('line')}"
+            written.append(Written(key, result.get(HASH_FIELD)))
             good += len(line)
     if good < os.path.getsize(path):
         os.truncate(path, good)
         print(f"npgpt: {path}: removed a torn last line (the job stopped while writing it)", file=sys.stderr)
-    return keys
+    return written
 
 
 def _result_line(line: bytes) -> dict | None:

@@ -38,6 +38,7 @@ class Request:
     error: str = ""
     length: int = 0  # tokens of the prompt or text (set when the unit is planned)
     ids: list | None = None  # a text's token ids
+    input_hash: str | None = None  # of its line of IN (see batch_output.input_hash), for a job that writes a file
 
     @property
     def key(self) -> str:

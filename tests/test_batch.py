@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from npgpt import batch, study
+from npgpt.batch_output import input_hash
 from npgpt.errors import NpgptError, SettingsError
 
 from conftest import ROOT
@@ -107,9 +108,11 @@ def test_every_line_has_its_result_in_input_order(one_worker, micro):
         if isinstance(request, dict) and isinstance(request.get("id"), str):
             assert result["id"] == request["id"]
     by_id = {r["id"]: r for r in results if "id" in r and "error" not in r}
-    assert set(by_id["g3"]) == {"id", "text", "finish_reason", "tokens"}
+    assert set(by_id["g3"]) == {"id", "text", "finish_reason", "tokens", "input_hash"}
     assert by_id["g3"]["finish_reason"] == "length" and by_id["g3"]["tokens"] == 6
-    assert set(by_id["s3"]) == {"id", "tokens", "logprob", "perplexity", "token_logprobs"}
+    assert set(by_id["s3"]) == {"id", "tokens", "logprob", "perplexity", "token_logprobs", "input_hash"}
+    assert all(r["input_hash"] == input_hash(json.dumps(q).encode()) for q, r in zip(requests, results)
+               if isinstance(q, dict))
     assert summary.lines == len(requests) and summary.done + summary.failed == len(requests)
     assert summary.failed == 9 and summary.tokens > 0 and "tokens/s" in str(summary)
 
@@ -207,8 +210,8 @@ def test_resume_after_sigkill(micro_dir, tmp_path):
     assert "removed a torn last line" in resumed.stderr
     results = read_results(out)
     assert [r["id"] for r in results] == list(range(len(lines)))
-    reference = batch.run(lines, micro_dir, workers=1)
-    assert results == reference
+    reference = batch.run(lines, micro_dir, workers=1)  # run() returns results without their input's hash
+    assert [{k: v for k, v in r.items() if k != "input_hash"} for r in results] == reference
 
 
 def test_an_output_of_another_input_is_refused(one_worker, micro_dir, tmp_path):
@@ -271,3 +274,19 @@ def test_the_benchmark_runs_end_to_end_on_a_tiny_model(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("npgpt, 1 worker, batch 4", "npgpt, 2 workers, batch 4", "RssAnon / model"):
         assert row in done.stdout, row
+
+
+def test_resume_refuses_an_input_line_changed_since_its_result(micro_dir, tmp_path):
+    lines = [{"id": i, "prompt": f"Line {i} says", "max_new_tokens": 2} for i in range(6)]
+    source, out = write_lines(tmp_path / "in.jsonl", lines), tmp_path / "out.jsonl"
+    batch.run_file(source, str(out), micro_dir, workers=1, progress=False)
+    written = out.read_bytes()
+    assert len({r["input_hash"] for r in read_results(out)}) == len(lines)
+    lines[3]["prompt"] = "Another prompt"  # the same id, another request
+    write_lines(tmp_path / "in.jsonl", lines)
+    with pytest.raises(NpgptError, match=r"^line 4 of the input changed after its result was written .*first 3 lines"):
+        batch.run_file(source, str(out), micro_dir, workers=1, progress=False)
+    assert out.read_bytes() == written
+    write_lines(tmp_path / "in.jsonl", lines[:3])  # the lines before it still match
+    with pytest.raises(NpgptError, match="already holds 6 results but the input has only 3 lines"):
+        batch.run_file(source, str(out), micro_dir, workers=1, progress=False)

@@ -323,6 +323,13 @@ def _check_batching(batch_size, batch_tokens) -> None:
             raise SettingsError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def _check_requests(requests) -> None:
+    """A str, bytes or dict is iterable, but walking it gives characters, bytes or keys, each a bad request."""
+    if isinstance(requests, (str, bytes, bytearray, dict, os.PathLike)) or not isinstance(requests, Iterable):
+        raise InputError(f"requests must be an iterable of request dicts (or of JSON lines), e.g. a list, got "
+                         f"{type(requests).__name__}; for a file, use npgpt.batch.run_file(in_path, out_path, model)")
+
+
 def run(requests: Iterable, model="gpt2", *, workers: int | None = None, engine: str = "local",
         address: str | None = None, batch_size: int = BATCH_SIZE, batch_tokens: int = BATCH_TOKENS, seed: int = 0,
         revision: str | None = None, progress: bool | None = False) -> list[dict]:
@@ -331,6 +338,7 @@ def run(requests: Iterable, model="gpt2", *, workers: int | None = None, engine:
     or the hub: each worker loads it itself). workers: processes (default: one per core; a GPT2 that cannot be
     loaded again runs in this process) or Ray actors (default: the cluster's CPUs). seed: the job's seed, for
     the sampling requests without one (see request_seed)."""
+    _check_requests(requests)
     _check_batching(batch_size, batch_tokens)
     loaded = model if isinstance(model, GPT2) else load(model, revision=revision, progress=False)
     runner = make_engine(loaded, model, engine, workers, seed, address, revision)

@@ -12,7 +12,7 @@ import pytest
 
 from npgpt import batch, study
 from npgpt.batch_output import input_hash
-from npgpt.errors import NpgptError, SettingsError
+from npgpt.errors import InputError, NpgptError, SettingsError
 
 from conftest import ROOT
 
@@ -290,3 +290,9 @@ def test_resume_refuses_an_input_line_changed_since_its_result(micro_dir, tmp_pa
     write_lines(tmp_path / "in.jsonl", lines[:3])  # the lines before it still match
     with pytest.raises(NpgptError, match="already holds 6 results but the input has only 3 lines"):
         batch.run_file(source, str(out), micro_dir, workers=1, progress=False)
+
+
+@pytest.mark.parametrize("requests", ["notalist", b'{"id": 1, "text": "ab cd"}', {"id": 1, "text": "ab cd"}, 5])
+def test_requests_must_be_an_iterable_of_requests(micro, requests):
+    with pytest.raises(InputError, match=r"requests must be .* request dicts .*; for a file, use .*run_file"):
+        batch.run(requests, micro)

@@ -176,6 +176,7 @@ def usable_cores() -> int:
 class Summary:
     lines: int = 0  # lines in the input
     skipped: int = 0  # already in OUT before this run
+    skipped_failed: int = 0  # of those, the error results
     done: int = 0
     failed: int = 0
     tokens: int = 0  # scored tokens and generated tokens, of this run
@@ -186,9 +187,16 @@ class Summary:
     def __str__(self) -> str:
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
         skipped = f", {self.skipped:,} already done" if self.skipped else ""
+        if self.skipped_failed:
+            skipped += f" ({self.skipped_failed:,} failed)"
         return (f"{self.lines:,} lines: {self.done:,} done, {self.failed:,} failed{skipped}; {self.tokens:,} tokens "
                 f"in {self.seconds:.1f} s ({rate:,.0f} tokens/s, {self.workers} "
                 f"{'worker' if self.workers == 1 else 'workers'}, {self.engine})")
+
+    @property
+    def any_failed(self) -> bool:
+        """Whether the output holds an error result, from this run or an earlier one."""
+        return self.failed + self.skipped_failed > 0
 
 
 class Job:
@@ -199,7 +207,8 @@ class Job:
                  hashed: bool = False):
         self.model, self.engine, self.written = model, engine, written or []
         self.batch_size, self.batch_tokens = batch_size, batch_tokens
-        self.summary = Summary(skipped=len(self.written), workers=engine.workers, engine=engine.name)
+        self.summary = Summary(skipped=len(self.written), skipped_failed=sum(w.failed for w in self.written),
+                               workers=engine.workers, engine=engine.name)
         self.output = Ordered(self._count(emit), start=len(self.written))
         self.first_line: dict[str, int] = {}
         self.progress, self.total = progress, total
@@ -352,7 +361,7 @@ def run_file(in_path: str, out_path: str, model="gpt2", *, workers: int | None =
              address: str | None = None, batch_size: int = BATCH_SIZE, batch_tokens: int = BATCH_TOKENS,
              seed: int = 0, revision: str | None = None, progress: bool | None = None) -> Summary:
     """Run the requests of IN (JSON Lines) and append their results to OUT in input order, resuming after the
-    results OUT already holds. Returns the Summary (done, failed, tokens/s)."""
+    results OUT already holds. Returns the Summary (done, failed, tokens/s; any_failed counts earlier runs too)."""
     _check_batching(batch_size, batch_tokens)
     if not os.path.isfile(in_path):
         raise InputError(f"{in_path}: no such file" if not os.path.exists(in_path) else f"{in_path}: not a file")
@@ -375,8 +384,14 @@ def run_file(in_path: str, out_path: str, model="gpt2", *, workers: int | None =
 # ---------------------------------------------------------------------------------------------- command line
 
 
+EXIT_STATUS = ("exit status: 0 when every line of OUT is a result; 1 when any line failed (the summary says how "
+               "many, their lines in OUT say why), even in an earlier run, or when the job stopped on an error (its "
+               "message says what to do); 130 on Ctrl-C")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `npgpt batch`."""
+    parser.epilog = EXIT_STATUS
     parser.add_argument("input", metavar="IN.jsonl", help="requests, one JSON object per line: {\"id\", \"prompt\", "
                         "generate's settings} to complete, {\"id\", \"text\"} to score")
     parser.add_argument("output", metavar="OUT.jsonl", help="results, one line per request in input order; a "
@@ -400,7 +415,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_command(args) -> int:
-    """`npgpt batch`: run the job, then one line of summary on stderr."""
+    """`npgpt batch`: run the job, then one line of summary on stderr; 1 when OUT holds a failed line (a script
+    must not take a job whose every line failed for a success), else 0."""
     try:
         summary = run_file(args.input, args.output, args.model, workers=args.workers, engine=args.engine,
                            address=args.address, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
@@ -410,7 +426,7 @@ def run_command(args) -> int:
               file=sys.stderr)
         raise
     print(f"npgpt batch: {summary}", file=sys.stderr)
-    return 0
+    return 1 if summary.any_failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

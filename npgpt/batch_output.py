@@ -87,6 +87,7 @@ class Written:
 
     key: str  # what names it (see Request.key): its id, or its line number when it has none
     input_hash: str | None  # None on a line written before npgpt recorded it: then only the key is checked
+    failed: bool  # an error result
 
 
 def written_results(path: str) -> list[Written]:
@@ -108,7 +109,7 @@ def written_results(path: str) -> list[Written]:
                                      "results to a new file")
                 break
             key = f"id {json.dumps(result['id'])}" if "id" in result else f"line {result.get('line')}"
-            written.append(Written(key, result.get(HASH_FIELD)))
+            written.append(Written(key, result.get(HASH_FIELD), "error" in result))
             good += len(line)
     if good < os.path.getsize(path):
         os.truncate(path, good)

@@ -66,11 +66,12 @@ def mixed_requests() -> list:
     return lines
 
 
-def run_cli(*args, env=None, check=True):
+def run_cli(*args, env=None, status=0):
+    """`npgpt batch ARGS`, which must exit with `status` (None: any); 1 when any line failed, as in the mixed job."""
     out = subprocess.run([sys.executable, "-m", "npgpt", "batch", *map(str, args)], cwd=ROOT, capture_output=True,
                          text=True, env={**os.environ, "NPGPT_PROGRESS": "0", **(env or {})}, timeout=120)
-    if check:
-        assert out.returncode == 0, out.stderr
+    if status is not None:
+        assert out.returncode == status, out.stderr
     return out
 
 
@@ -165,7 +166,8 @@ def test_batched_scoring_matches_one_text_at_a_time(micro):
 
 def test_one_and_two_workers_write_identical_files(one_worker, micro_dir, mixed, tmp_path):
     out = tmp_path / "two.jsonl"
-    done = run_cli(mixed, out, "--model", micro_dir, "--workers", 2, "--batch-size", 3, env={"NPGPT_PROGRESS": "1"})
+    done = run_cli(mixed, out, "--model", micro_dir, "--workers", 2, "--batch-size", 3, env={"NPGPT_PROGRESS": "1"},
+                   status=1)
     assert_same_results(out, one_worker[0])
     assert "2 workers" in done.stderr and "lines" in done.stderr  # the bar, then the summary
     summary = done.stderr.strip().splitlines()[-1]
@@ -174,8 +176,10 @@ def test_one_and_two_workers_write_identical_files(one_worker, micro_dir, mixed,
 
 def test_with_one_blas_thread_each_one_and_two_workers_write_the_same_bytes(micro_dir, mixed, tmp_path):
     one_thread = {name: "1" for name in batch.BLAS_THREADS}
-    run_cli(mixed, tmp_path / "one.jsonl", "--model", micro_dir, "--workers", 1, "--batch-size", 3, env=one_thread)
-    run_cli(mixed, tmp_path / "two.jsonl", "--model", micro_dir, "--workers", 2, "--batch-size", 3)  # 1 thread each
+    run_cli(mixed, tmp_path / "one.jsonl", "--model", micro_dir, "--workers", 1, "--batch-size", 3, env=one_thread,
+            status=1)
+    run_cli(mixed, tmp_path / "two.jsonl", "--model", micro_dir, "--workers", 2, "--batch-size", 3,  # 1 thread each
+            status=1)
     assert (tmp_path / "one.jsonl").read_bytes() == (tmp_path / "two.jsonl").read_bytes()
 
 
@@ -216,7 +220,7 @@ def test_resume_after_sigkill(micro_dir, tmp_path):
 
 def test_an_output_of_another_input_is_refused(one_worker, micro_dir, tmp_path):
     other = write_lines(tmp_path / "other.jsonl", [{"id": "x", "text": "Something else entirely."}] * 2)
-    done = run_cli(other, one_worker[0], "--model", micro_dir, "-w", 1, check=False)
+    done = run_cli(other, one_worker[0], "--model", micro_dir, "-w", 1, status=None)
     assert done.returncode == 1 and done.stderr.startswith("npgpt: error: line 1 of the output is the result for")
     assert len(done.stderr.strip().splitlines()) == 1
 
@@ -296,3 +300,17 @@ def test_resume_refuses_an_input_line_changed_since_its_result(micro_dir, tmp_pa
 def test_requests_must_be_an_iterable_of_requests(micro, requests):
     with pytest.raises(InputError, match=r"requests must be .* request dicts .*; for a file, use .*run_file"):
         batch.run(requests, micro)
+
+
+def test_the_command_exits_1_when_any_line_failed(micro_dir, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("Not JSON at all.\nNor this.\n")
+    out = tmp_path / "out.jsonl"
+    done = run_cli(text, out, "--model", micro_dir, "-w", 1, status=1)
+    assert done.stderr.strip().splitlines()[-1].startswith("npgpt batch: 2 lines: 0 done, 2 failed;")
+    assert [r["error"][:8] for r in read_results(out)] == ["not JSON"] * 2
+    again = run_cli(text, out, "--model", micro_dir, "-w", 1, status=1)  # the output still holds failed lines
+    assert "2 already done (2 failed)" in again.stderr
+    good = write_lines(tmp_path / "good.jsonl", [{"id": 1, "text": "Hello there."}])
+    run_cli(good, tmp_path / "good.out", "--model", micro_dir, "-w", 1, status=0)
+    assert "exit status: 0 when every line" in run_cli("--help").stdout.replace("\n", " ")

@@ -3,6 +3,8 @@
     npgpt batch IN.jsonl OUT.jsonl --model gpt2 [--workers N] [--engine ray]
     npgpt.batch.run([{"id": 1, "prompt": "Hello,", "max_new_tokens": 5}, {"id": 2, "text": "A text."}], "gpt2")
 
+(in a script, under `if __name__ == "__main__":`: each worker process runs the main script again as it starts).
+
 A request is a JSON object with an "id" (a string or an integer, unique in the file) and either
     "prompt" (text or token ids) and generate()'s settings   -> {"id", "text", "finish_reason", "tokens"}
     "text", optionally "window" and "stride" (study.score's)  -> {"id", "tokens", "logprob", "perplexity",
@@ -39,10 +41,13 @@ derived from the job's seed (--seed, default 0) and its id (`request_seed`): the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -92,11 +97,38 @@ class InProcess:
 
 
 _WORKER: dict = {}  # in a worker process: the model it loaded and the job's seed
+STARTUP_REPORT = "NPGPT_BATCH_STARTUP_REPORT"  # the file where a worker that cannot start writes why
 
 
 def _start_worker(spec, job_seed: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _WORKER.update(model=load_spec(spec, offline=True), job_seed=job_seed)  # the parent already fetched it
+    try:
+        model = load_spec(spec, offline=True)  # the parent already fetched it
+    except Exception as e:
+        first = (str(e).splitlines() or [""])[0]
+        report_startup_error(first if isinstance(e, NpgptError) else f"{type(e).__name__}: {first}")
+        raise
+    _WORKER.update(model=model, job_seed=job_seed)
+
+
+def report_startup_error(message: str) -> None:
+    """Tells the parent why this worker cannot start: the pool only tells it that the process ended."""
+    path = os.environ.get(STARTUP_REPORT)
+    if path:
+        with contextlib.suppress(OSError), open(path, "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+
+
+def refuse_in_a_starting_worker(function: str) -> None:
+    """A worker process started with 'spawn' runs the parent's main script again before it takes any work. A
+    script that calls run() at its top level, not under `if __name__ == "__main__":`, would start a job in each
+    worker, which multiprocessing refuses with a long traceback: say instead what to change."""
+    # multiprocessing's own test for this (spawn._check_not_importing_main): set while the main script runs again
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        message = (f"npgpt.batch.{function}() was called again by the main script, which each worker process runs "
+                   'as it starts: call it under `if __name__ == "__main__":`')
+        report_startup_error(message)
+        raise NpgptError(message)
 
 
 def _run_in_worker(unit: dict) -> list:
@@ -118,33 +150,24 @@ class Processes:
         self.spec, self.workers, self.job_seed = spec, workers, job_seed
 
     def map(self, units: Iterable[dict]) -> Iterator[tuple[dict, list]]:
-        import multiprocessing
-
         # The workers' BLAS reads its thread count from the environment when it loads, and the pool starts the
         # workers as units are submitted: the variables stay set until the job ends.
         threads = str(max(1, usable_cores() // self.workers))
-        saved = {name: os.environ.get(name) for name in BLAS_THREADS}
-        os.environ.update({name: threads for name in BLAS_THREADS})
-        pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(self.spec, self.job_seed))
-        finished = False
-        try:
-            yield from self._run(pool, iter(units))
-            finished = True
-        except BrokenProcessPool:
-            raise NpgptError("a worker process stopped (out of memory, or it could not start: its error is above); "
-                             "use fewer --workers or a smaller --batch-tokens, then rerun the same command to resume") \
-                from None
-        finally:
-            if not finished:  # interrupted or failed: stop the workers at once, even in the middle of a unit
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    process.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+        with _startup_report() as report, _environment({**dict.fromkeys(BLAS_THREADS, threads),
+                                                        STARTUP_REPORT: report}):
+            pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_start_worker, initargs=(self.spec, self.job_seed))
+            finished = False
+            try:
+                yield from self._run(pool, iter(units))
+                finished = True
+            except BrokenProcessPool:
+                raise _worker_stopped(report) from None
+            finally:
+                if not finished:  # interrupted or failed: stop the workers at once, even in the middle of a unit
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
+                        process.terminate()
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self, pool, units: Iterator[dict]) -> Iterator[tuple[dict, list]]:
         running = {}
@@ -160,6 +183,50 @@ class Processes:
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
             yield running.pop(future), future.result()
+
+
+@contextlib.contextmanager
+def _startup_report() -> Iterator[str]:
+    """An empty file for the workers' start-up errors (see report_startup_error), removed afterwards; "" when no
+    temporary file can be made (their errors are then on stderr only)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="npgpt-batch-", suffix=".txt")
+    except OSError:
+        yield ""
+        return
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """os.environ with `variables` set, for the worker processes started meanwhile; as it was afterwards."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _worker_stopped(report: str) -> NpgptError:
+    """Why the pool broke: the error a worker wrote as it failed to start, else the usual cause."""
+    reason = ""
+    if report:
+        with open(report, encoding="utf-8") as f:
+            reason = f.readline().strip()
+    if reason:
+        return NpgptError(f"a worker process could not start: {reason}")
+    return NpgptError("a worker process stopped (out of memory, or it could not start: its error is above); use "
+                      "fewer --workers or a smaller --batch-tokens, then rerun the same command to resume")
 
 
 def usable_cores() -> int:
@@ -347,6 +414,7 @@ def run(requests: Iterable, model="gpt2", *, workers: int | None = None, engine:
     or the hub: each worker loads it itself). workers: processes (default: one per core; a GPT2 that cannot be
     loaded again runs in this process) or Ray actors (default: the cluster's CPUs). seed: the job's seed, for
     the sampling requests without one (see request_seed)."""
+    refuse_in_a_starting_worker("run")
     _check_requests(requests)
     _check_batching(batch_size, batch_tokens)
     loaded = model if isinstance(model, GPT2) else load(model, revision=revision, progress=False)
@@ -362,6 +430,7 @@ def run_file(in_path: str, out_path: str, model="gpt2", *, workers: int | None =
              seed: int = 0, revision: str | None = None, progress: bool | None = None) -> Summary:
     """Run the requests of IN (JSON Lines) and append their results to OUT in input order, resuming after the
     results OUT already holds. Returns the Summary (done, failed, tokens/s; any_failed counts earlier runs too)."""
+    refuse_in_a_starting_worker("run_file")
     _check_batching(batch_size, batch_tokens)
     if not os.path.isfile(in_path):
         raise InputError(f"{in_path}: no such file" if not os.path.exists(in_path) else f"{in_path}: not a file")

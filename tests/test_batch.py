@@ -314,3 +314,32 @@ def test_the_command_exits_1_when_any_line_failed(micro_dir, tmp_path):
     good = write_lines(tmp_path / "good.jsonl", [{"id": 1, "text": "Hello there."}])
     run_cli(good, tmp_path / "good.out", "--model", micro_dir, "-w", 1, status=0)
     assert "exit status: 0 when every line" in run_cli("--help").stdout.replace("\n", " ")
+
+
+def test_an_unguarded_script_is_told_to_use_the_main_guard(micro_dir, tmp_path):
+    """Each spawned worker runs the main script again as it starts: a script that calls run() outside the
+    `if __name__ == "__main__":` guard must be told so, not that a worker ran out of memory."""
+    call = f"print(npgpt.batch.run([{{'id': 1, 'text': 'Hello there.'}}], {micro_dir!r}, workers=2))"
+    path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)  # this npgpt, in the workers too
+
+    def run_script(text):
+        script = tmp_path / "script.py"
+        script.write_text(text)
+        return subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": path, "NPGPT_PROGRESS": "0"})
+
+    done = run_script(f"import npgpt.batch\n{call}\n")
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("npgpt.errors.NpgptError: a worker process could not start: npgpt.batch.run() was called "
+                           'again by the main script') and last.endswith('under `if __name__ == "__main__":`'), last
+    assert "out of memory" not in done.stderr
+    guarded = run_script(f"import npgpt.batch\nif __name__ == '__main__':\n    {call}\n")
+    assert guarded.returncode == 0 and "'perplexity'" in guarded.stdout, guarded.stderr
+
+
+def test_a_worker_that_cannot_load_the_model_says_why(tmp_path):
+    (tmp_path / "empty").mkdir()
+    workers = batch.Processes((str(tmp_path / "empty"), None), 2, 0)
+    with pytest.raises(NpgptError, match=r"^a worker process could not start: .*empty/config.json: no such file"):
+        list(workers.map([{"kind": "score", "items": [[0, 1, [464, 3797]]]}]))

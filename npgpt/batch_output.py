@@ -81,7 +81,7 @@ class ResultFile:
             os.close(self.fd)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per line of OUT: a rerun holds them all
 class Written:
     """A result line already in OUT, as a rerun checks it against its input line."""
 

@@ -256,7 +256,8 @@ class Summary:
         skipped = f", {self.skipped:,} already done" if self.skipped else ""
         if self.skipped_failed:
             skipped += f" ({self.skipped_failed:,} failed)"
-        return (f"{self.lines:,} lines: {self.done:,} done, {self.failed:,} failed{skipped}; {self.tokens:,} tokens "
+        lines = f"{self.lines:,} {'line' if self.lines == 1 else 'lines'}"
+        return (f"{lines}: {self.done:,} done, {self.failed:,} failed{skipped}; {self.tokens:,} tokens "
                 f"in {self.seconds:.1f} s ({rate:,.0f} tokens/s, {self.workers} "
                 f"{'worker' if self.workers == 1 else 'workers'}, {self.engine})")
 

@@ -41,6 +41,9 @@ def load(name_or_path: str | os.PathLike, revision: str | None = None, *, offlin
         raise ConfigError(f"load takes a model's name ('gpt2', 'org/name') or a directory's path, "
                           f"got {name_or_path!r}")
     path = os.fspath(name_or_path)
+    if revision is not None and os.path.exists(path):
+        raise ConfigError(f"revision={revision!r} names a version on the hub, but {path} is a local path: "
+                          "leave revision out, or give the hub name")
     if os.path.isfile(path):  # a checkpoint file: its config.json is beside it
         refuse_pickle(path)
         if path.endswith(".json"):

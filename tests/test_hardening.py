@@ -178,6 +178,11 @@ def test_a_greedy_override_of_a_sampling_config_is_greedy(micro):
     assert micro.generate("Hi", generation_config=config, temperature=0) == micro.generate("Hi", max_new_tokens=4)
 
 
+def test_a_revision_with_a_local_directory_is_refused(micro_dir):
+    with pytest.raises(npgpt.ConfigError, match="names a version on the hub, but .* is a local path"):
+        npgpt.load(micro_dir, revision="main")
+
+
 def test_loading_a_json_file_names_its_directory(micro_dir):
     with pytest.raises(npgpt.ConfigError, match="is a JSON file, not a checkpoint: load the directory it is in"):
         npgpt.load(f"{micro_dir}/config.json")

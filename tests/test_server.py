@@ -727,6 +727,8 @@ def test_npgpt_serve_answers_the_requests_in_flight_on_sigint(tmp_path):
         rest = process.stderr.read()
     finally:
         process.kill()
+        process.wait()
+        process.stderr.close()
     assert process.returncode == 0 and "Traceback" not in rest, rest
     assert whole_status == 503 and json.loads(whole_text)["error"]["message"] == SHUTTING_DOWN
     events = [event[len("data: "):] for event in stream_text.split("\n\n") if event]

@@ -503,7 +503,9 @@ class GPT2:
 
     def next_token_distribution(self, prompt, **settings) -> np.ndarray:
         """The probabilities [V] that generation would draw the token after `prompt` from, with these decoding
-        settings (temperature, top_k, top_p, logit_bias by id or word, ...: the rules of npgpt.sampling).
+        settings (temperature, top_k, top_p, logit_bias by id or word, ...: the rules of npgpt.sampling). With
+        greedy settings (the default, temperature 0, do_sample=False) it is the distribution whose most likely
+        token generation takes: the rules that apply then (penalties, bias, bans) shape it, the sampling ones not.
         Settings that do not change the distribution (max_new_tokens, stop, ...) are refused; seed is
         accepted, as with generate, and changes nothing here."""
         extra = sorted(set(settings) - Sampler.names() - {"seed"})

@@ -28,7 +28,7 @@ import numpy as np
 from . import ops
 from .errors import InputError, SettingsError
 from .model import GPT2
-from .prompts import prompt_ids
+from .prompts import check_position, prompt_ids
 
 PATCHABLE = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 METRICS = ("logit_diff", "logprob", "prob")
@@ -192,10 +192,7 @@ def direct_logit_attribution(model, prompt, target, baseline=None, position: int
     baseline = None if baseline is None else token_id(model, baseline, "baseline")
     ids = _ids(model, prompt)
     t = ids.shape[1]
-    if not isinstance(position, numbers.Integral) or not -t <= position < t:
-        raise SettingsError(f"position must be an integer in {-t}..{t - 1} (the prompt has {t} tokens), "
-                            f"got {position!r}")
-    position = int(position) % t
+    position = check_position(position, t)
     c = model.config
     logits, cache = model.run_with_cache(ids, names_filter=lambda n: n.endswith(
         ("hook_z", "hook_mlp_out", "hook_embed", "hook_pos_embed", "ln_final.hook_scale")))

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from .errors import ContextLengthError, InputError
+from .errors import ContextLengthError, InputError, SettingsError
 
 
 def prompt_ids(tokenizer, prompt, vocab_size: int | None = None) -> list[int]:
@@ -82,3 +84,11 @@ def left_pad(rows: list[list[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
         ids[i, width - len(row):] = row
         mask[i, width - len(row):] = 1
     return ids, mask
+
+
+def check_position(position, length: int) -> int:
+    """A position in a prompt of `length` tokens, counted from the end when negative, as an index 0..length-1."""
+    if not isinstance(position, numbers.Integral) or not -length <= position < length:
+        raise SettingsError(f"position must be an integer in {-length}..{length - 1} (the prompt has {length} "
+                            f"tokens), got {position!r}")
+    return int(position) % length

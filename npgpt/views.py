@@ -6,11 +6,9 @@ shows at most MAX_ROWS rows and MAX_COLUMNS columns (what a terminal shows), and
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from .errors import SettingsError
+from .prompts import check_position
 
 MAX_ROWS = 100  # candidates, tokens of a table
 MAX_COLUMNS = 64  # tokens of a matrix (attention, mask, hidden)
@@ -205,10 +203,7 @@ def _signed(value: float, top: float, width: int = 20) -> str:
 def logit_lens(lens, position: int = -1) -> str:
     """Each layer's top tokens at one position (default the last), and the target's rank and probability."""
     t = len(lens.tokens)
-    if not isinstance(position, numbers.Integral) or not -t <= position < t:
-        raise SettingsError(f"position must be an integer in {-t}..{t - 1} (the prompt has {t} tokens), "
-                            f"got {position!r}")
-    position = int(position) % t
+    position = check_position(position, t)
     head = f"logit lens at position {position} ({token(lens.tokens[position])})"
     if lens.target is not None:
         head += ", target rank and probability"
